@@ -1,0 +1,593 @@
+//! The JSON config file: its keys, their defaults, and validation that names every problem.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::gateway_match::GatewayTarget;
+
+mod read;
+
+use read::{read_config, Problems};
+
+/// Everything the config file says, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Key `listen`; default [`Config::DEFAULT_LISTEN`].
+    pub listen: SocketAddr,
+    /// Key `tls`; absent means plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsConfig>,
+    /// Key `users`; may be empty, and then nobody can authenticate.
+    pub users: Vec<UserConfig>,
+    /// Key `gateways`; at least one.
+    pub gateways: Vec<GatewayConfig>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub pool: PoolConfig,
+}
+
+impl Config {
+    /// The Dashboard's own port, on loopback so that a bare start exposes nothing.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3000));
+    /// The example gateway of the Dashboard API's documentation.
+    pub const BUILTIN_GATEWAY: &'static str = "http://127.0.0.1:8181";
+}
+
+/// Key `tls`: the listener's PEM certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// One entry of `users`.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub org_id: Option<String>,
+    pub secret: SecretDigest,
+}
+
+/// SHA-256 of the user's secret; plain "secret" values are hashed at load and the plain
+/// text dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretDigest(pub [u8; 32]);
+
+impl SecretDigest {
+    /// Hashes a secret as written in the config or presented in `Authorization`.
+    pub fn of(secret: &[u8]) -> SecretDigest {
+        SecretDigest(Sha256::digest(secret).into())
+    }
+}
+
+impl fmt::Debug for SecretDigest {
+    // A digest still lets anyone who reads it test guesses offline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretDigest(..)")
+    }
+}
+
+/// One entry of `gateways`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// As written, for logs and messages.
+    pub url: String,
+    pub target: GatewayTarget,
+    /// When set, only users of this org may reach the gateway.
+    pub org_id: Option<String>,
+    /// Roots for an `https` gateway instead of the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Key `limits`: how much one caller can make gwproxy hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Beyond it: 413.
+    pub max_request_body_bytes: usize,
+    /// Beyond it: 500, "response too large".
+    pub max_response_body_bytes: usize,
+    /// The caller's HTTP request headers, and the JSON `headers` object.
+    pub max_header_count: usize,
+    /// One request's header section; at least [`Limits::MIN_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+    /// Requests in flight; beyond it: 503.
+    pub max_concurrent_requests: usize,
+    /// Open client connections; beyond it gwproxy stops accepting.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
+    pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: usize = 8 << 20;
+    pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
+    pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 << 10;
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    /// hyper refuses a smaller read buffer, so a smaller limit could not be enforced.
+    pub const MIN_HEADER_BYTES: usize = 8192;
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_request_body_bytes: Limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
+            max_response_body_bytes: Limits::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            max_header_count: Limits::DEFAULT_MAX_HEADER_COUNT,
+            max_header_bytes: Limits::DEFAULT_MAX_HEADER_BYTES,
+            max_concurrent_requests: Limits::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_connections: Limits::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Key `timeouts`; the file gives each in milliseconds, under the key in brackets.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// (`request_header_ms`) Reading one request's headers.
+    pub request_header: Duration,
+    /// (`request_body_ms`) Reading one request's body.
+    pub request_body: Duration,
+    /// (`idle_ms`) A client connection's keep-alive between requests.
+    pub idle: Duration,
+    /// (`connect_ms`) TCP and TLS connect to a gateway.
+    pub connect: Duration,
+    /// (`response_ms`) The gateway's whole response.
+    pub response: Duration,
+    /// (`shutdown_grace_ms`) In-flight requests' time to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Timeouts {
+    pub const DEFAULT_REQUEST_HEADER: Duration = Duration::from_secs(10);
+    pub const DEFAULT_REQUEST_BODY: Duration = Duration::from_secs(30);
+    /// nginx's `keepalive_timeout`, which callers' own pools are tuned to.
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(75);
+    pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+    /// The Tyk gateway's `proxy_default_timeout`.
+    pub const DEFAULT_RESPONSE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            request_header: Timeouts::DEFAULT_REQUEST_HEADER,
+            request_body: Timeouts::DEFAULT_REQUEST_BODY,
+            idle: Timeouts::DEFAULT_IDLE,
+            connect: Timeouts::DEFAULT_CONNECT,
+            response: Timeouts::DEFAULT_RESPONSE,
+            shutdown_grace: Timeouts::DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Key `pool`: the idle connections kept to each gateway.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// (`max_idle_per_gateway`)
+    pub max_idle_per_gateway: usize,
+    /// (`idle_timeout_ms`)
+    pub idle_timeout: Duration,
+}
+
+impl PoolConfig {
+    pub const DEFAULT_MAX_IDLE_PER_GATEWAY: usize = 256;
+    /// Below nginx's 75 s and cloud balancers' 60 s, so gwproxy drops an idle
+    /// connection before the gateway does and never writes into a closing one.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig {
+            max_idle_per_gateway: PoolConfig::DEFAULT_MAX_IDLE_PER_GATEWAY,
+            idle_timeout: PoolConfig::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// One problem found in a config: the key path (e.g. "gateways[1].url",
+/// "limits.max_header_bytes", "users[0]") and what is wrong in plain words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Empty for the whole document; the file's name when it could not be read.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    fn new(path: &str, message: impl Into<String>) -> ConfigProblem {
+        let (path, message) = (path.to_owned(), message.into());
+        ConfigProblem { path, message }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Parses the JSON text. Collects every problem (does not stop at the first) and
+    /// returns them all.
+    pub fn from_json(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|error| vec![ConfigProblem::new("", format!("not valid JSON: {error}"))])?;
+
+        let mut problems = Problems::default();
+        match read_config(&value, &mut problems) {
+            Some(config) if problems.0.is_empty() => Ok(config),
+            _ => Err(problems.0),
+        }
+    }
+
+    /// Reads and parses a file; an unreadable file is one problem with path = the file
+    /// name. Problems with the whole document keep the empty path, as in
+    /// [`Config::from_json`], since callers print the file name before each problem.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            let file = path.display().to_string();
+            vec![ConfigProblem::new(&file, format!("cannot read: {error}"))]
+        })?;
+        Config::from_json(&text)
+    }
+
+    /// The built-in default: listen 127.0.0.1:3000, one gateway http://127.0.0.1:8181, one
+    /// user named "default" (no org) whose secret is the given string.
+    pub fn builtin(secret: &str) -> Config {
+        // A constant that the builtin test parses, so this cannot fail at run time.
+        let target = GatewayTarget::parse(Config::BUILTIN_GATEWAY).expect("built-in URL is valid");
+        Config {
+            listen: Config::DEFAULT_LISTEN,
+            tls: None,
+            users: vec![UserConfig {
+                name: "default".to_owned(),
+                org_id: None,
+                secret: SecretDigest::of(secret.as_bytes()),
+            }],
+            gateways: vec![GatewayConfig {
+                url: Config::BUILTIN_GATEWAY.to_owned(),
+                target,
+                org_id: None,
+                ca_file: None,
+            }],
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            pool: PoolConfig::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SHA-256 of "abc", FIPS 180-2's own example.
+    const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn with_gateway(extra: &str) -> String {
+        format!(r#"{{ "gateways": [{{ "url": "http://127.0.0.1:8181" }}] {extra} }}"#)
+    }
+
+    fn with_users(users: &str) -> String {
+        with_gateway(&format!(r#", "users": [{users}]"#))
+    }
+
+    fn problems_of(text: &str) -> Vec<ConfigProblem> {
+        Config::from_json(text).expect_err("config should be refused")
+    }
+
+    fn paths_of(text: &str) -> Vec<String> {
+        problems_of(text).into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let text = format!(
+            r#"{{
+              "listen": "0.0.0.0:3000",
+              "tls": {{ "cert_file": "certs/server.pem", "key_file": "certs/server.key" }},
+              "users": [
+                {{ "name": "ops", "org_id": "acme", "secret": "plain-text-secret" }},
+                {{ "name": "ci", "org_id": "acme", "secret_sha256": "{ABC_SHA256}" }}
+              ],
+              "gateways": [
+                {{ "url": "http://127.0.0.1:8181" }},
+                {{ "url": "https://gw.internal:8443/apis", "org_id": "acme",
+                   "ca_file": "certs/ca.pem" }}
+              ]
+            }}"#
+        );
+        let config = Config::from_json(&text).unwrap();
+
+        assert_eq!(config.listen, "0.0.0.0:3000".parse().unwrap());
+        assert_eq!(
+            config.tls.unwrap().key_file,
+            PathBuf::from("certs/server.key")
+        );
+        let [ops, ci] = &config.users[..] else {
+            panic!("two users")
+        };
+        assert_eq!(
+            (ops.name.as_str(), ci.org_id.as_deref()),
+            ("ops", Some("acme"))
+        );
+        assert_eq!(ci.secret.0, <[u8; 32]>::from(Sha256::digest(b"abc")));
+        let [plain, https] = &config.gateways[..] else {
+            panic!("two gateways")
+        };
+        assert_eq!(
+            (plain.org_id.as_deref(), plain.ca_file.as_deref()),
+            (None, None)
+        );
+        assert_eq!(https.url, "https://gw.internal:8443/apis");
+        assert_eq!(https.ca_file, Some(PathBuf::from("certs/ca.pem")));
+    }
+
+    #[test]
+    fn hashes_a_plain_secret_and_drops_its_text() {
+        let config = Config::from_json(&with_users(r#"{ "name": "ops", "secret": "hunter2" }"#));
+        let user = &config.unwrap().users[0];
+
+        assert_eq!(user.secret.0, <[u8; 32]>::from(Sha256::digest(b"hunter2")));
+        let debug = format!("{user:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("SecretDigest(..)"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn applies_defaults_when_keys_are_absent() {
+        let config = Config::from_json(&with_gateway("")).unwrap();
+        let (limits, timeouts, pool) = (&config.limits, &config.timeouts, &config.pool);
+        let secs = Duration::from_secs;
+
+        assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
+        assert!(config.tls.is_none() && config.users.is_empty());
+        assert_eq!(limits.max_request_body_bytes, 1_048_576);
+        assert_eq!(limits.max_response_body_bytes, 8 * 1_048_576);
+        assert_eq!(limits.max_header_count, 100);
+        assert_eq!(limits.max_header_bytes, 16_384);
+        assert_eq!(limits.max_concurrent_requests, 1024);
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(
+            (timeouts.request_header, timeouts.request_body),
+            (secs(10), secs(30))
+        );
+        assert_eq!((timeouts.idle, timeouts.connect), (secs(75), secs(5)));
+        assert_eq!(
+            (timeouts.response, timeouts.shutdown_grace),
+            (secs(30), secs(30))
+        );
+        assert_eq!(
+            (pool.max_idle_per_gateway, pool.idle_timeout),
+            (256, secs(50))
+        );
+    }
+
+    #[test]
+    fn reads_every_tuning_key() {
+        let text = with_gateway(
+            r#", "listen": "[::1]:8080",
+            "limits": { "max_request_body_bytes": 1, "max_response_body_bytes": 2,
+              "max_header_count": 3, "max_header_bytes": 8192,
+              "max_concurrent_requests": 5, "max_connections": 6 },
+            "timeouts": { "request_header_ms": 1, "request_body_ms": 2, "idle_ms": 3,
+              "connect_ms": 4, "response_ms": 5, "shutdown_grace_ms": 6 },
+            "pool": { "max_idle_per_gateway": 7, "idle_timeout_ms": 8 }"#,
+        );
+        let config = Config::from_json(&text).unwrap();
+        let (l, t, ms) = (&config.limits, &config.timeouts, Duration::from_millis);
+
+        assert_eq!(config.listen, "[::1]:8080".parse().unwrap());
+        let counts = [
+            l.max_request_body_bytes,
+            l.max_response_body_bytes,
+            l.max_header_count,
+        ];
+        assert_eq!(counts, [1, 2, 3]);
+        assert_eq!(l.max_header_bytes, 8192);
+        assert_eq!([l.max_concurrent_requests, l.max_connections], [5, 6]);
+        assert_eq!(
+            [t.request_header, t.request_body, t.idle],
+            [ms(1), ms(2), ms(3)]
+        );
+        assert_eq!(
+            [t.connect, t.response, t.shutdown_grace],
+            [ms(4), ms(5), ms(6)]
+        );
+        assert_eq!(
+            (config.pool.max_idle_per_gateway, config.pool.idle_timeout),
+            (7, ms(8))
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let text = format!(
+            r#"{{
+              "listen": "everywhere",
+              "listn": "0.0.0.0:3000",
+              "users": [{{ "name": "ops", "secret": "s", "secret_sha256": "{ABC_SHA256}" }}],
+              "gateways": [{{ "url": "http://a" }}, {{ "url": "ftp://b" }}],
+              "limits": {{ "max_concurrent_requests": 0 }},
+              "timeouts": {{ "connect_msx": 5 }}
+            }}"#
+        );
+        let problems = problems_of(&text);
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+
+        let expected = [
+            "listen: not a socket address",
+            "listn: unknown key; expected one of: listen, tls, users, gateways",
+            "users[0]: give secret or secret_sha256, not both",
+            // The message itself is gateway_match's to word.
+            "gateways[1].url: ",
+            "limits.max_concurrent_requests: expected a positive integer",
+            "timeouts.connect_msx: unknown key; expected one of: request_header_ms",
+        ];
+        for start in expected {
+            assert!(
+                shown.iter().any(|s| s.starts_with(start)),
+                "{start} not in {shown:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{shown:#?}");
+    }
+
+    #[test]
+    fn refuses_wrong_types_and_out_of_range_numbers() {
+        let text = with_gateway(
+            r#", "tls": { "cert_file": 1 }, "users": {},
+            "limits": { "max_header_bytes": 8191, "max_header_count": -1,
+              "max_connections": 1.0, "max_request_body_bytes": "1" },
+            "timeouts": { "idle_ms": 86400001 }, "pool": []"#,
+        );
+        let problems = problems_of(&text);
+        let message_at = |path: &str| {
+            let found = problems.iter().find(|p| p.path == path);
+            found.map_or("(none)", |p| p.message.as_str())
+        };
+
+        assert_eq!(message_at("tls.cert_file"), "expected a non-empty string");
+        assert_eq!(message_at("tls.key_file"), "required key is missing");
+        assert_eq!(message_at("users"), "expected an array");
+        assert!(message_at("limits.max_header_bytes").starts_with("must be at least 8192"));
+        for key in [
+            "max_header_count",
+            "max_connections",
+            "max_request_body_bytes",
+        ] {
+            assert_eq!(
+                message_at(&format!("limits.{key}")),
+                "expected a positive integer"
+            );
+        }
+        assert_eq!(message_at("timeouts.idle_ms"), "must be at most 86400000");
+        assert_eq!(message_at("pool"), "expected an object");
+        assert_eq!(problems.len(), 9, "{problems:#?}");
+    }
+
+    #[test]
+    fn requires_at_least_one_gateway_with_a_url() {
+        assert_eq!(paths_of("{}"), ["gateways"]);
+        assert_eq!(paths_of(r#"{ "gateways": [] }"#), ["gateways"]);
+        assert_eq!(paths_of(r#"{ "gateways": [{}] }"#), ["gateways[0].url"]);
+    }
+
+    #[test]
+    fn names_the_whole_document_when_it_is_not_a_json_object() {
+        let problems = problems_of("[1, 2]");
+        assert_eq!(problems, [ConfigProblem::new("", "expected an object")]);
+        assert_eq!(problems[0].to_string(), "expected an object");
+
+        let problems = problems_of("{\n  \"listen\": ,\n}");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "");
+        assert!(
+            problems[0].message.contains("line 2 column"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn load_names_a_file_it_cannot_read_and_reports_bad_json() {
+        let missing = Config::load(Path::new("/nonexistent/gwproxy.json")).unwrap_err();
+        assert_eq!(missing[0].path, "/nonexistent/gwproxy.json");
+        assert!(missing[0].message.starts_with("cannot read"));
+
+        let path = std::env::temp_dir().join(format!("gwproxy-cfg-{}.json", std::process::id()));
+        std::fs::write(&path, "{ nope").unwrap();
+        let broken = Config::load(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(broken[0].path, "");
+        assert!(broken[0].message.starts_with("not valid JSON"));
+    }
+
+    #[test]
+    fn accepts_secret_sha256_only_as_64_hex_digits_in_either_case() {
+        let upper = with_users(&format!(
+            r#"{{ "name": "ci", "secret_sha256": "{}" }}"#,
+            ABC_SHA256.to_uppercase()
+        ));
+        let config = Config::from_json(&upper).unwrap();
+        assert_eq!(config.users[0].secret, SecretDigest::of(b"abc"));
+
+        let not_hex = format!("{}g", &ABC_SHA256[..63]);
+        for bad in [&ABC_SHA256[..63], &not_hex, &format!("{ABC_SHA256}0")] {
+            let text = with_users(&format!(r#"{{ "name": "ci", "secret_sha256": "{bad}" }}"#));
+            assert_eq!(paths_of(&text), ["users[0].secret_sha256"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn refuses_users_without_a_usable_secret_and_never_quotes_one() {
+        let users = r#"
+            { "name": "a" },
+            { "name": "", "secret": "" },
+            { "name": "c", "secret": " hunter2" },
+            { "name": "d", "secret": "hunter2", "secret_sha256": "hunter2" },
+            { "name": "e", "secret": "x", "org_id": 7, "role": "admin" }"#;
+        let problems = problems_of(&with_users(users));
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+
+        let expected = [
+            "users[0]",
+            "users[1].name",
+            "users[1].secret",
+            "users[2].secret",
+            "users[3]",
+            "users[4].role",
+            "users[4].org_id",
+        ];
+        assert_eq!(paths, expected, "{problems:#?}");
+        assert!(!format!("{problems:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn refuses_two_users_with_the_same_secret() {
+        let users = format!(
+            r#"{{ "name": "a", "secret": "abc" }}, {{ "name": "b", "secret": "other" }},
+               {{ "name": "c", "secret_sha256": "{ABC_SHA256}" }}"#
+        );
+        let problems = problems_of(&with_users(&users));
+
+        assert_eq!(
+            problems,
+            [ConfigProblem::new("users[2]", "same secret as users[0]")]
+        );
+    }
+
+    #[test]
+    fn builtin_config_has_the_dashboard_port_one_gateway_and_one_user() {
+        let config = Config::builtin("s3cret");
+
+        assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
+        assert!(config.tls.is_none());
+        let [gateway] = &config.gateways[..] else {
+            panic!("one gateway")
+        };
+        assert_eq!(gateway.url, "http://127.0.0.1:8181");
+        let [user] = &config.users[..] else {
+            panic!("one user")
+        };
+        assert_eq!(
+            (user.name.as_str(), user.org_id.as_deref()),
+            ("default", None)
+        );
+        assert_eq!(user.secret, SecretDigest::of(b"s3cret"));
+    }
+}

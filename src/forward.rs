@@ -1,0 +1,151 @@
+//! One request's trip to a gateway: send on a pooled connection, retry once, read the answer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use hyper::{Request, Response};
+use tracing::debug;
+
+use crate::error::ProxyError;
+use crate::gateway_request::GatewayRequest;
+use crate::pool::{GatewayPool, PooledConn};
+
+/// The gateway's answer, read to the end.
+#[derive(Debug)]
+pub struct GatewayResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends `request` and reads the whole response within `timeout`.
+///
+/// Redirects are never followed: a `3xx` is an answer like any other.
+pub async fn forward(
+    pool: &GatewayPool,
+    request: GatewayRequest,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<GatewayResponse, ProxyError> {
+    let exchange = async {
+        let (conn, response) = send(pool, request).await?;
+        read_response(pool, conn, response, max_body).await
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        ProxyError::upstream(format!(
+            "timeout: the gateway did not send its whole response within {} ms",
+            timeout.as_millis()
+        ))
+    })?
+}
+
+/// Sends on a pooled connection. If that fails before any response, the
+/// request goes once more on a fresh connection when that is safe: always
+/// when hyper never wrote it, and for idempotent methods (RFC 9110 section
+/// 9.2.2) when the reused connection died under it, the keep-alive race in
+/// which a gateway closes an idle connection as a request arrives.
+async fn send(
+    pool: &GatewayPool,
+    request: GatewayRequest,
+) -> Result<(PooledConn, Response<Incoming>), ProxyError> {
+    let mut conn = pool.checkout().await?;
+    let may_resend = conn.reused && request.is_idempotent();
+    let (first, spare) = if may_resend {
+        (request.to_http(), Some(request))
+    } else {
+        (request.into_http(), None)
+    };
+
+    let error = match conn.sender.try_send_request(first).await {
+        Ok(response) => return Ok((conn, response)),
+        Err(error) => error,
+    };
+
+    let retry = retry_request(error, spare)?;
+    debug!("retrying gateway request on a fresh connection");
+    conn = pool.connect().await?;
+    match conn.sender.try_send_request(retry).await {
+        Ok(response) => Ok((conn, response)),
+        Err(error) => Err(send_error(error.error())),
+    }
+}
+
+/// Decides whether a failed first attempt may be sent again, and with what.
+/// `spare` exists only for an idempotent request on a reused connection.
+fn retry_request(
+    mut error: TrySendError<Request<Full<Bytes>>>,
+    spare: Option<GatewayRequest>,
+) -> Result<Request<Full<Bytes>>, ProxyError> {
+    if let Some(unsent) = error.take_message() {
+        return Ok(unsent);
+    }
+    match spare {
+        Some(spare) if died_before_response(error.error()) => Ok(spare.into_http()),
+        _ => Err(send_error(error.error())),
+    }
+}
+
+/// The connection closed or reset with no response head: the gateway
+/// never started answering this request.
+fn died_before_response(error: &hyper::Error) -> bool {
+    error.is_incomplete_message() || error.is_canceled() || io_error(error).is_some()
+}
+
+async fn read_response(
+    pool: &GatewayPool,
+    conn: PooledConn,
+    response: Response<Incoming>,
+    max_body: usize,
+) -> Result<GatewayResponse, ProxyError> {
+    let (parts, body) = response.into_parts();
+    let collected = Limited::new(body, max_body).collect().await;
+    let body = match collected {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::upstream(format!(
+                "response too large: the gateway's body is over {max_body} bytes"
+            )));
+        }
+        Err(_) => {
+            return Err(ProxyError::upstream(
+                "the gateway broke the connection while sending the response body",
+            ));
+        }
+    };
+
+    pool.checkin(conn);
+    Ok(GatewayResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Plain words for a failure while sending or reading the head.
+fn send_error(error: &hyper::Error) -> ProxyError {
+    if error.is_incomplete_message() {
+        return ProxyError::upstream("the gateway closed the connection before responding");
+    }
+    if error.is_parse() || error.is_parse_status() {
+        return ProxyError::upstream("the gateway sent a response that is not valid HTTP/1.1");
+    }
+    if let Some(io) = io_error(error) {
+        return ProxyError::upstream(format!("the gateway connection failed: {io}"));
+    }
+    ProxyError::upstream(format!("the gateway connection failed: {error}"))
+}
+
+fn io_error(error: &hyper::Error) -> Option<&std::io::Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        source = inner.source();
+    }
+    None
+}

@@ -1,0 +1,24 @@
+//! gwproxy: the Tyk Dashboard's `POST /api/proxy` endpoint as a standalone server.
+//!
+//! A request's path through the code: [`server`] accepts the connection,
+//! [`connection`] serves HTTP/1.1 or h2 on it, [`service`] routes and runs
+//! the proxy flow — [`auth`], [`proxy_request`], [`gateway_match`],
+//! [`gateway_request`], [`forward`] over a [`pool`] — and [`envelope`] or
+//! [`error`] writes the answer. [`config`] and [`cli`] are start-up.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod envelope;
+pub mod error;
+pub mod forward;
+pub mod gateway_match;
+pub mod gateway_request;
+pub mod pool;
+pub mod proxy_request;
+pub mod server;
+pub mod service;
+pub mod state;

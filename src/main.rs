@@ -1,0 +1,151 @@
+//! The `gwproxy` binary: parse the command line, load the config, serve until a signal.
+
+#![forbid(unsafe_code)]
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use gwproxy::cli::{self, Command, USAGE};
+use gwproxy::config::{Config, ConfigProblem};
+use gwproxy::server::Server;
+use tracing::info;
+
+/// Exit status for every start-up failure (SPEC.md, "Command line").
+const EXIT_BAD_START: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = std::env::args().skip(1);
+    let command = match cli::parse(args, std::env::var("GWPROXY_CONFIG").ok()) {
+        Ok(command) => command,
+        Err(problem) => return fail(format!("{problem}\n\n{USAGE}")),
+    };
+
+    match command {
+        Command::Version => {
+            println!("gwproxy {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Help => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config: None } => fail("--check-config needs --config FILE".into()),
+        Command::CheckConfig { config: Some(path) } => check_config(&path),
+        Command::Run { config } => run(config.as_deref()),
+    }
+}
+
+/// Prints every problem, one per line with its key path.
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            ExitCode::from(EXIT_BAD_START)
+        }
+    }
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    let config = match path {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(problems) => return fail(one_line(path, &problems)),
+        },
+        None => Config::builtin(&default_secret()),
+    };
+    init_logging();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format!("cannot start the runtime: {error}")),
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let server = match Server::bind(&config) {
+        Ok(server) => server,
+        Err(error) => {
+            return fail(format!(
+                "cannot listen on {} (key `listen`): {error}",
+                config.listen
+            ));
+        }
+    };
+    let addr = server.local_addr().unwrap_or(config.listen);
+    info!(%addr, gateways = config.gateways.len(), "gwproxy listening");
+
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers gwproxy still serves; it just cannot drain.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+/// `GWPROXY_SECRET`, or a fresh random one that is printed once so that
+/// the person who started gwproxy can use it.
+fn default_secret() -> String {
+    if let Some(secret) = std::env::var("GWPROXY_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return secret;
+    }
+    let secret = random_hex(16);
+    eprintln!("gwproxy: GWPROXY_SECRET is not set; the secret for this run is {secret}");
+    secret
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Err(error) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf))
+    {
+        eprintln!("gwproxy: cannot read /dev/urandom ({error}); set GWPROXY_SECRET");
+        std::process::exit(EXIT_BAD_START.into());
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn one_line(path: &Path, problems: &[ConfigProblem]) -> String {
+    let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    format!("invalid config {}: {}", path.display(), listed.join("; "))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gwproxy=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("gwproxy: {message}");
+    ExitCode::from(EXIT_BAD_START)
+}
