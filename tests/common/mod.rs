@@ -178,7 +178,10 @@ pub async fn send(
         .expect("handshake");
     tokio::spawn(conn);
 
-    let mut request = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -215,7 +218,9 @@ impl Upstream {
     pub async fn start(
         handler: impl Fn(&Received) -> Response<Full<Bytes>> + Send + Sync + 'static,
     ) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -224,7 +229,9 @@ impl Upstream {
         let (log, count) = (received.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let (log, handler) = (log.clone(), handler.clone());
                 tokio::spawn(async move {
@@ -232,7 +239,11 @@ impl Upstream {
                         let (log, handler) = (log.clone(), handler.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let seen = Received {
                                 method: parts.method,
                                 uri: parts.uri.to_string(),
@@ -274,7 +285,12 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Received {
-        self.received.lock().unwrap().last().cloned().expect("upstream received a request")
+        self.received
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream received a request")
     }
 
     pub fn count(&self) -> usize {
@@ -289,12 +305,16 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw upstream");
     let addr = listener.local_addr().unwrap();
     let behave = Arc::new(behave);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(behave(stream));
         }
     });
