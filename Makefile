@@ -5,7 +5,7 @@ CARGO ?= cargo
 SECRET ?= $(shell head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 GATEWAY ?= 127.0.0.1:8181
 
-.PHONY: all build release run test lint fmt clean
+.PHONY: all build release run run-tls certs test lint fmt clean
 
 all: build
 
@@ -40,3 +40,31 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## certs: a local development CA and a localhost certificate (ECDSA P-256, 25 years)
+CERT_DAYS ?= 9125
+certs: certs/server.pem
+
+certs/server.pem:
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days $(CERT_DAYS) \
+	  -subj "/CN=gwproxy development CA" -keyout certs/ca.key -out certs/ca.pem \
+	  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+	  -keyout certs/server.key -out certs/server.csr
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n' > certs/server.ext
+	openssl x509 -req -in certs/server.csr -CA certs/ca.pem -CAkey certs/ca.key -CAcreateserial \
+	  -days $(CERT_DAYS) -extfile certs/server.ext -out certs/server.pem
+	rm -f certs/server.csr certs/server.ext certs/ca.srl
+
+## run-tls: like run, but HTTPS on 127.0.0.1:3443 with the development certificate
+run-tls: release certs
+	@printf '{"listen":"127.0.0.1:3443","tls":{"cert_file":"certs/server.pem","key_file":"certs/server.key"},"users":[{"name":"dev","secret":"%s"}],"gateways":[{"url":"http://$(GATEWAY)"}]}\n' "$(SECRET)" > target/run-tls.json
+	@target/release/demo-gateway $(GATEWAY) & gw=$$!; \
+	trap 'kill $$gw 2>/dev/null' EXIT INT TERM; \
+	echo; \
+	echo "gwproxy on https://127.0.0.1:3443 (certs/server.pem, CA certs/ca.pem). Try:"; \
+	echo; \
+	echo "  curl -s --cacert certs/ca.pem https://localhost:3443/api/proxy -H 'Authorization: $(SECRET)' \\"; \
+	echo "    -d '{\"method\":\"GET\",\"url\":\"http://$(GATEWAY)/test-oas/get\"}'"; \
+	echo; \
+	target/release/gwproxy --config target/run-tls.json

@@ -60,7 +60,7 @@ async fn send(
         (request.into_http(), None)
     };
 
-    let error = match conn.sender.try_send_request(first).await {
+    let error = match conn.sender.try_send(first).await {
         Ok(response) => return Ok((conn, response)),
         Err(error) => error,
     };
@@ -68,7 +68,7 @@ async fn send(
     let retry = retry_request(error, spare)?;
     debug!("retrying gateway request on a fresh connection");
     conn = pool.connect().await?;
-    match conn.sender.try_send_request(retry).await {
+    match conn.sender.try_send(retry).await {
         Ok(response) => Ok((conn, response)),
         Err(error) => Err(send_error(error.error())),
     }

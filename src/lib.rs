@@ -4,7 +4,8 @@
 //! [`connection`] serves HTTP/1.1 or h2 on it, [`service`] routes and runs
 //! the proxy flow — [`auth`], [`proxy_request`], [`gateway_match`],
 //! [`gateway_request`], [`forward`] over a [`pool`] — and [`envelope`] or
-//! [`error`] writes the answer. [`config`] and [`cli`] are start-up.
+//! [`error`] writes the answer. [`config`] and [`cli`] are start-up;
+//! [`tls_server`] and [`tls_client`] hold both sides' TLS.
 
 #![forbid(unsafe_code)]
 
@@ -22,3 +23,5 @@ pub mod proxy_request;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod tls_client;
+pub mod tls_server;

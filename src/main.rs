@@ -5,11 +5,13 @@
 use std::io::Read as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use gwproxy::cli::{self, Command, USAGE};
 use gwproxy::config::{Config, ConfigProblem};
 use gwproxy::server::Server;
-use tracing::info;
+use gwproxy::tls_server::ListenerTls;
+use tracing::{info, warn};
 
 /// Exit status for every start-up failure (SPEC.md, "Command line").
 const EXIT_BAD_START: u8 = 2;
@@ -73,20 +75,41 @@ fn run(path: Option<&Path>) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let server = match Server::bind(&config) {
+    let tls = match config.tls.as_ref().map(ListenerTls::load).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(error) => return fail(format!("key `tls`: {error}")),
+    };
+    let server = match Server::bind(&config, tls.clone()) {
         Ok(server) => server,
-        Err(error) => {
-            return fail(format!(
-                "cannot listen on {} (key `listen`): {error}",
-                config.listen
-            ));
-        }
+        Err(error) => return fail(error),
     };
     let addr = server.local_addr().unwrap_or(config.listen);
-    info!(%addr, gateways = config.gateways.len(), "gwproxy listening");
+    info!(%addr, tls = tls.is_some(), gateways = config.gateways.len(), "gwproxy listening");
 
+    tokio::spawn(reload_on_sighup(tls));
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the certificate files: rotation without a restart.
+/// A bad new file keeps the old certificates. The handler is installed
+/// even without TLS, since SIGHUP's default action would end the process.
+async fn reload_on_sighup(tls: Option<Arc<ListenerTls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            info!("SIGHUP: no certificates to reload");
+            continue;
+        };
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: certificates reloaded"),
+            Err(error) => warn!(%error, "SIGHUP: certificates not reloaded; keeping the old ones"),
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -1,29 +1,49 @@
-//! Keep-alive HTTP/1.1 connections to one gateway: connect, check out, check in, evict.
+//! Keep-alive connections to one gateway: connect (TCP, TLS), check out, check in, evict.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::Full;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::error::ProxyError;
+use crate::tls_client::describe_failure;
 
-/// The idle connections to one gateway.
+type Body = Full<Bytes>;
+
+/// The connections to one gateway.
 ///
-/// Checkout takes the most recently used connection (LIFO): it is the one
-/// least likely to have been closed by the gateway's own keep-alive timer,
-/// and it lets surplus connections age out at the bottom of the stack.
-/// Each gateway has its own lock, held only to push or pop.
+/// HTTP/1.1 checkout takes the most recently used idle connection (LIFO):
+/// the one least likely to have been closed by the gateway's keep-alive
+/// timer, which also lets surplus connections age out at the bottom of the
+/// stack. A gateway that negotiates h2 by ALPN gets one shared, multiplexed
+/// connection instead. Each gateway has its own locks, held only to push,
+/// pop or clone.
 #[derive(Debug)]
 pub struct GatewayPool {
     /// `host:port` as resolved for every new connection.
     address: String,
+    tls: Option<GatewayTls>,
     idle: Mutex<Vec<IdleConn>>,
+    shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
     settings: PoolSettings,
+}
+
+/// How to speak TLS to an `https` gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The gateway's host, sent as SNI and checked against its certificate.
+    pub server_name: ServerName<'static>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,38 +57,46 @@ pub struct PoolSettings {
 
 #[derive(Debug)]
 struct IdleConn {
-    sender: SendRequest<Full<Bytes>>,
+    sender: http1::SendRequest<Body>,
     since: Instant,
 }
 
 /// A connection checked out for one request.
 #[derive(Debug)]
 pub struct PooledConn {
-    pub sender: SendRequest<Full<Bytes>>,
+    pub sender: Sender,
     /// Whether it carried an earlier request: only such a connection can
     /// fail from a keep-alive race, and so earn a retry.
     pub reused: bool,
 }
 
 impl GatewayPool {
-    pub fn new(address: String, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(address: String, tls: Option<GatewayTls>, settings: PoolSettings) -> Arc<Self> {
         let pool = Arc::new(GatewayPool {
             address,
+            tls,
             idle: Mutex::new(Vec::new()),
+            shared_h2: Mutex::new(None),
             settings,
         });
         spawn_reaper(Arc::downgrade(&pool), settings.idle_timeout);
         pool
     }
 
-    /// A live idle connection, or a new one.
+    /// The shared h2 connection, a live idle one, or a new one.
     pub async fn checkout(&self) -> Result<PooledConn, ProxyError> {
+        if let Some(sender) = self.live_h2() {
+            return Ok(PooledConn {
+                sender: Sender::Http2(sender),
+                reused: true,
+            });
+        }
         while let Some(mut idle) = self.pop_idle() {
             // Resolves at once on a live connection; fails on one the
             // gateway closed while it sat in the pool.
             if idle.sender.ready().await.is_ok() {
                 return Ok(PooledConn {
-                    sender: idle.sender,
+                    sender: Sender::Http1(idle.sender),
                     reused: true,
                 });
             }
@@ -76,47 +104,59 @@ impl GatewayPool {
         self.connect().await
     }
 
-    /// Returns a connection whose response was read to the end.
+    /// Returns a connection whose response was read to the end. (An h2
+    /// connection stays shared; there is nothing to return.)
     pub fn checkin(&self, conn: PooledConn) {
-        if conn.sender.is_closed() {
+        let Sender::Http1(sender) = conn.sender else {
+            return;
+        };
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < self.settings.max_idle {
             idle.push(IdleConn {
-                sender: conn.sender,
+                sender,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Opens a new connection within the connect timeout.
+    /// Opens a new connection, TLS handshake included, within the connect
+    /// timeout.
     pub async fn connect(&self) -> Result<PooledConn, ProxyError> {
         let timeout = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(timeout, self.open_tcp())
+        let sender = tokio::time::timeout(timeout, self.open())
             .await
             .map_err(|_| {
                 ProxyError::upstream(format!(
-                    "timed out connecting to the gateway after {} ms",
+                    "timeout: could not connect to the gateway within {} ms",
                     timeout.as_millis()
                 ))
             })??;
 
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::upstream(format!("gateway handshake failed: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "gateway connection ended with an error");
-            }
-        });
-
-        debug!(address = %self.address, "opened gateway connection");
+        debug!(address = %self.address, h2 = matches!(sender, Sender::Http2(_)), "opened gateway connection");
+        if let Sender::Http2(shared) = &sender {
+            *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
+        }
         Ok(PooledConn {
             sender,
             reused: false,
         })
+    }
+
+    async fn open(&self) -> Result<Sender, ProxyError> {
+        let tcp = self.open_tcp().await?;
+        let Some(tls) = &self.tls else {
+            return handshake(tcp, false).await;
+        };
+
+        let stream = TlsConnector::from(tls.config.clone())
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ProxyError::upstream(describe_failure(&e)))?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        handshake(stream, h2).await
     }
 
     async fn open_tcp(&self) -> Result<TcpStream, ProxyError> {
@@ -143,6 +183,18 @@ impl GatewayPool {
             Some(e) => ProxyError::upstream(format!("could not connect to the gateway: {e}")),
             None => ProxyError::upstream("the gateway's host name has no addresses"),
         })
+    }
+
+    fn live_h2(&self) -> Option<http2::SendRequest<Body>> {
+        let mut shared = self.shared_h2.lock().unwrap_or_else(|p| p.into_inner());
+        match shared.as_ref() {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                *shared = None;
+                None
+            }
+            None => None,
+        }
     }
 
     fn pop_idle(&self) -> Option<IdleConn> {
@@ -174,6 +226,58 @@ impl GatewayPool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Either kind of connection, behind one sending interface.
+#[derive(Debug)]
+pub enum Sender {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    /// Sends, handing the request back when it was never written.
+    pub async fn try_send(
+        &mut self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        match self {
+            Sender::Http1(sender) => sender.try_send_request(request).await,
+            Sender::Http2(sender) => sender.try_send_request(request).await,
+        }
+    }
+}
+
+/// The HTTP handshake on a connected stream; the connection's I/O then
+/// runs in its own task until either side closes it.
+async fn handshake<I>(io: I, h2: bool) -> Result<Sender, ProxyError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |e: hyper::Error| ProxyError::upstream(format!("gateway handshake failed: {e}"));
+    let io = TokioIo::new(io);
+    if h2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(failed)?;
+        spawn_connection(connection);
+        return Ok(Sender::Http2(sender));
+    }
+    let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+    spawn_connection(connection);
+    Ok(Sender::Http1(sender))
+}
+
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, "gateway connection ended with an error");
+        }
+    });
 }
 
 /// Sweeps the pool every half idle timeout until the pool is dropped.

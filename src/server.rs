@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::connection::{self, ConnTimeouts};
 use crate::state::State;
+use crate::tls_server::{self, ListenerTls};
 
 /// Pending connections the kernel may queue before `accept`: large enough
 /// for load generators that open hundreds of connections at once.
@@ -22,6 +23,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// A bound listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
     state: Arc<State>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: ConnTimeouts,
@@ -30,12 +32,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen`. Needs a running tokio runtime.
-    pub fn bind(config: &Config) -> std::io::Result<Server> {
-        let listener = listen(config.listen)?;
+    /// Binds `config.listen`, serving HTTPS when `tls` is given. Needs a
+    /// running tokio runtime. The error is one line naming the key at fault.
+    pub fn bind(config: &Config, tls: Option<Arc<ListenerTls>>) -> Result<Server, String> {
+        let state = State::new(config)?;
+        let listener = listen(config.listen)
+            .map_err(|e| format!("cannot listen on {} (key `listen`): {e}", config.listen))?;
         Ok(Server {
             listener,
-            state: Arc::new(State::new(config)),
+            tls,
+            state: Arc::new(state),
             builder: Arc::new(http_builder(config)),
             timeouts: ConnTimeouts {
                 header: config.timeouts.request_header,
@@ -99,8 +105,16 @@ impl Server {
         let builder = self.builder.clone();
         let timeouts = self.timeouts;
         let stop = stop.clone();
+        let tls = self.tls.clone();
         tokio::spawn(async move {
-            connection::serve(stream, state, builder, timeouts, stop).await;
+            match tls {
+                None => connection::serve(stream, state, builder, timeouts, stop).await,
+                Some(tls) => {
+                    if let Some(stream) = tls_server::accept(&tls, stream).await {
+                        connection::serve(stream, state, builder, timeouts, stop).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::auth::{User, Users};
+use crate::config::GatewayConfig;
 use crate::config::{Config, Limits, Timeouts};
 use crate::error::{ErrorKind, ProxyError};
-use crate::gateway_match::{GatewayTarget, TargetUrl};
-use crate::pool::{GatewayPool, PoolSettings};
+use crate::gateway_match::{GatewayTarget, Scheme, TargetUrl};
+use crate::pool::{GatewayPool, GatewayTls, PoolSettings};
+use crate::tls_client;
 
 /// Built once from the config; shared by all connections.
 #[derive(Debug)]
@@ -34,7 +36,8 @@ pub struct Gateway {
 
 impl State {
     /// Needs a running tokio runtime: each pool starts its eviction task.
-    pub fn new(config: &Config) -> Self {
+    /// Fails, naming the key, when a gateway's TLS files are unusable.
+    pub fn new(config: &Config) -> Result<Self, String> {
         let settings = PoolSettings {
             max_idle: config.pool.max_idle_per_gateway,
             idle_timeout: config.pool.idle_timeout,
@@ -43,22 +46,17 @@ impl State {
         let gateways = config
             .gateways
             .iter()
-            .map(|g| Gateway {
-                target: g.target.clone(),
-                org_id: g.org_id.clone(),
-                authority: g.target.authority(),
-                // The bracketed IPv6 form is what `lookup_host` parses.
-                pool: GatewayPool::new(format!("{}:{}", g.target.host, g.target.port), settings),
-            })
-            .collect();
+            .enumerate()
+            .map(|(i, g)| gateway(g, settings).map_err(|e| format!("gateways[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
 
-        State {
+        Ok(State {
             users: Users::new(&config.users),
             gateways,
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
             in_flight: Semaphore::new(config.limits.max_concurrent_requests),
-        }
+        })
     }
 
     /// The first gateway, in config order, that contains `target` and that
@@ -70,6 +68,40 @@ impl State {
             .find(|g| g.target.matches(target) && org_allows(g, user))
             .ok_or_else(|| ProxyError::bare(ErrorKind::Forbidden))
     }
+}
+
+fn gateway(config: &GatewayConfig, settings: PoolSettings) -> Result<Gateway, String> {
+    let target = &config.target;
+    let tls = match target.scheme {
+        Scheme::Http => None,
+        Scheme::Https => Some(gateway_tls(config)?),
+    };
+    // The bracketed IPv6 form is what `lookup_host` parses.
+    let address = format!("{}:{}", target.host, target.port);
+    Ok(Gateway {
+        target: target.clone(),
+        org_id: config.org_id.clone(),
+        authority: target.authority(),
+        pool: GatewayPool::new(address, tls, settings),
+    })
+}
+
+fn gateway_tls(config: &GatewayConfig) -> Result<GatewayTls, String> {
+    if config.insecure_skip_verify {
+        tracing::warn!(url = %config.url, "insecure_skip_verify: this gateway's certificate is not checked");
+    }
+    let client = tls_client::client_config(config)?;
+    let server_name = rustls::pki_types::ServerName::try_from(config.target.host_bare().to_owned())
+        .map_err(|_| {
+            format!(
+                "{} is not a valid TLS server name",
+                config.target.host_bare()
+            )
+        })?;
+    Ok(GatewayTls {
+        config: client,
+        server_name,
+    })
 }
 
 fn org_allows(gateway: &Gateway, user: &User) -> bool {

@@ -40,9 +40,31 @@ impl Config {
     pub const BUILTIN_GATEWAY: &'static str = "http://127.0.0.1:8181";
 }
 
-/// Key `tls`: the listener's PEM certificate chain and private key.
+/// Key `tls`: the listener's PEM certificate chain and private key, and
+/// more certificates chosen by SNI.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
+    /// The default certificate, for clients whose SNI names no other one.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Key `tls.certificates`, like the Dashboard's
+    /// `http_server_options.certificates`.
+    pub certificates: Vec<SniCertificate>,
+    /// Key `tls.handshake_timeout_ms`; default [`TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+}
+
+impl TlsConfig {
+    /// Long enough for a slow mobile client, short enough that a stalled
+    /// handshake does not hold a connection slot for long.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// One entry of `tls.certificates`.
+#[derive(Debug, Clone)]
+pub struct SniCertificate {
+    /// `api.example.com`, or `*.example.com` for one label of any name.
+    pub domain_name: String,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
@@ -84,6 +106,12 @@ pub struct GatewayConfig {
     pub org_id: Option<String>,
     /// Roots for an `https` gateway instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// Keys `client_cert_file` and `client_key_file`: gwproxy's certificate
+    /// for gateways that require mutual TLS. Both or neither.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Key `insecure_skip_verify`, default false: accept any certificate.
+    /// For test rigs only; gwproxy warns at start when it is set.
+    pub insecure_skip_verify: bool,
 }
 
 /// Key `limits`: how much one caller can make gwproxy hold.
@@ -262,6 +290,8 @@ impl Config {
                 target,
                 org_id: None,
                 ca_file: None,
+                client_cert: None,
+                insecure_skip_verify: false,
             }],
             limits: Limits::default(),
             timeouts: Timeouts::default(),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{
-    Config, ConfigProblem, GatewayConfig, Limits, PoolConfig, SecretDigest, Timeouts, TlsConfig,
-    UserConfig,
+    Config, ConfigProblem, GatewayConfig, Limits, PoolConfig, SecretDigest, SniCertificate,
+    Timeouts, TlsConfig, UserConfig,
 };
 use crate::gateway_match::GatewayTarget;
 
@@ -56,15 +56,59 @@ fn read_listen(field: Field, problems: &mut Problems) -> SocketAddr {
     })
 }
 
+const TLS_KEYS: &[&str] = &[
+    "cert_file",
+    "key_file",
+    "certificates",
+    "handshake_timeout_ms",
+];
+
 fn read_tls(field: Field, problems: &mut Problems) -> Option<TlsConfig> {
     let (value, path) = field?;
-    let tls = problems.object(value, &path, &["cert_file", "key_file"])?;
+    let tls = problems.object(value, &path, TLS_KEYS)?;
     let cert_file = problems.required_string(&tls, "cert_file");
     let key_file = problems.required_string(&tls, "key_file");
+    let certificates = read_sni_certificates(tls.get("certificates"), problems);
+    let handshake_timeout = tls
+        .get("handshake_timeout_ms")
+        .and_then(|(value, path)| problems.positive(value, &path, MAX_MILLIS))
+        .map_or(TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT, Duration::from_millis);
     Some(TlsConfig {
         cert_file: cert_file?.into(),
         key_file: key_file?.into(),
+        certificates,
+        handshake_timeout,
     })
+}
+
+fn read_sni_certificates(field: Field, problems: &mut Problems) -> Vec<SniCertificate> {
+    let Some((value, path)) = field else {
+        return Vec::new();
+    };
+    let Some(items) = problems.array(value, &path) else {
+        return Vec::new();
+    };
+    let keys = &["domain_name", "cert_file", "key_file"];
+    let mut certificates = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        let Some(entry) = problems.object(item, &item_path, keys) else {
+            continue;
+        };
+        let domain_name = problems.required_string(&entry, "domain_name");
+        let cert_file = problems.required_string(&entry, "cert_file");
+        let key_file = problems.required_string(&entry, "key_file");
+        if let (Some(domain_name), Some(cert_file), Some(key_file)) =
+            (domain_name, cert_file, key_file)
+        {
+            certificates.push(SniCertificate {
+                domain_name: domain_name.to_ascii_lowercase(),
+                cert_file: cert_file.into(),
+                key_file: key_file.into(),
+            });
+        }
+    }
+    certificates
 }
 
 fn read_users(field: Field, problems: &mut Problems) -> Vec<UserConfig> {
@@ -176,10 +220,15 @@ fn read_gateways(field: Field, problems: &mut Problems) -> Vec<GatewayConfig> {
 }
 
 fn read_gateway(value: &Value, path: &str, problems: &mut Problems) -> Option<GatewayConfig> {
-    let gateway = problems.object(value, path, &["url", "org_id", "ca_file"])?;
+    let gateway = problems.object(value, path, GATEWAY_KEYS)?;
     let url = problems.required_string(&gateway, "url");
     let org_id = problems.optional_string(&gateway, "org_id");
     let ca_file = problems.optional_string(&gateway, "ca_file");
+    let client_cert = read_client_cert(&gateway, path, problems);
+    let insecure_skip_verify = gateway
+        .get("insecure_skip_verify")
+        .and_then(|(value, path)| problems.boolean(value, &path))
+        .unwrap_or(false);
 
     let url = url?;
     let target = GatewayTarget::parse(url)
@@ -190,7 +239,36 @@ fn read_gateway(value: &Value, path: &str, problems: &mut Problems) -> Option<Ga
         target,
         org_id: org_id.map(str::to_owned),
         ca_file: ca_file.map(PathBuf::from),
+        client_cert,
+        insecure_skip_verify,
     })
+}
+
+const GATEWAY_KEYS: &[&str] = &[
+    "url",
+    "org_id",
+    "ca_file",
+    "client_cert_file",
+    "client_key_file",
+    "insecure_skip_verify",
+];
+
+fn read_client_cert(
+    gateway: &Object,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<(PathBuf, PathBuf)> {
+    let cert = problems.optional_string(gateway, "client_cert_file");
+    let key = problems.optional_string(gateway, "client_key_file");
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        (None, None) => None,
+        _ => {
+            let message = "give client_cert_file and client_key_file together";
+            problems.add(path, message);
+            None
+        }
+    }
 }
 
 fn read_limits(field: Field, problems: &mut Problems) -> Limits {
@@ -359,6 +437,14 @@ impl Problems {
     fn optional_string<'v>(&mut self, object: &Object<'v>, key: &str) -> Option<&'v str> {
         let (value, path) = object.get(key)?;
         self.string(value, &path)
+    }
+
+    fn boolean(&mut self, value: &Value, path: &str) -> Option<bool> {
+        let flag = value.as_bool();
+        if flag.is_none() {
+            self.add(path, "expected true or false");
+        }
+        flag
     }
 
     /// An integer in 1..=`max`; JSON floats such as `1.0` are refused like strings are.
