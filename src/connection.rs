@@ -8,20 +8,20 @@
 //! request head starts to arrive, the service notes when requests begin and
 //! end, and a watchdog in the connection task compares those to the clock.
 
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::observed_io::{Observed, ReadObserver};
 use crate::service;
 use crate::state::State;
 
@@ -47,10 +47,7 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new(timeouts));
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(Observed::new(io, activity.clone()));
 
     let service_activity = activity.clone();
     let service = service_fn(move |request| {
@@ -77,18 +74,22 @@ pub async fn serve<I>(
                 }
                 return;
             }
-            _ = timer.as_mut(), if !draining => {
+            // The timers keep running while draining: graceful shutdown
+            // leaves a connection that is mid-head open, and only the
+            // header timer ends it.
+            _ = timer.as_mut() => {
                 match activity.expired() {
                     Some(Expiry::Header) => {
                         debug!("no complete request head in time; closing the connection");
                         return;
                     }
-                    Some(Expiry::Idle) => {
+                    Some(Expiry::Idle) if !draining => {
                         conn.as_mut().graceful_shutdown();
                         draining = true;
                     }
-                    None => timer.as_mut().reset(activity.deadline()),
+                    _ => {}
                 }
+                timer.as_mut().reset(activity.next_check());
             }
             _ = shutdown.changed(), if !draining => {
                 conn.as_mut().graceful_shutdown();
@@ -150,25 +151,6 @@ impl Activity {
         self.phase.store(phase, Ordering::Release);
     }
 
-    /// Bytes arrived. On an idle HTTP/1 connection they start a request
-    /// head, and its timer.
-    fn on_read(&self, bytes: &[u8]) {
-        match self.phase.load(Ordering::Acquire) {
-            FRESH => {
-                let n = bytes.len().min(H2_PREFACE_START.len());
-                if bytes[..n] == H2_PREFACE_START[..n] {
-                    self.h2.store(true, Ordering::Relaxed);
-                    self.enter(IDLE);
-                } else {
-                    // Keep the accept time: the first head is timed from it.
-                    self.phase.store(HEAD, Ordering::Release);
-                }
-            }
-            IDLE if !self.h2.load(Ordering::Relaxed) => self.enter(HEAD),
-            _ => {}
-        }
-    }
-
     fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.phase.store(BUSY, Ordering::Release);
@@ -193,12 +175,45 @@ impl Activity {
         }
     }
 
+    /// [`Activity::deadline`], or a header timeout from now when that has
+    /// passed already (an idle connection that is closing).
+    fn next_check(&self) -> Instant {
+        let now = Instant::now();
+        let deadline = self.deadline();
+        if deadline > now {
+            deadline
+        } else {
+            now + self.timeouts.header
+        }
+    }
+
     fn expired(&self) -> Option<Expiry> {
         let waited = Duration::from_millis(self.now_ms() - self.since_ms.load(Ordering::Relaxed));
         match self.phase.load(Ordering::Acquire) {
             FRESH | HEAD if waited >= self.timeouts.header => Some(Expiry::Header),
             IDLE if waited >= self.timeouts.idle => Some(Expiry::Idle),
             _ => None,
+        }
+    }
+}
+
+impl ReadObserver for Activity {
+    /// Bytes arrived. On an idle HTTP/1 connection they start a request
+    /// head, and its timer.
+    fn on_read(&self, bytes: &[u8]) {
+        match self.phase.load(Ordering::Acquire) {
+            FRESH => {
+                let n = bytes.len().min(H2_PREFACE_START.len());
+                if bytes[..n] == H2_PREFACE_START[..n] {
+                    self.h2.store(true, Ordering::Relaxed);
+                    self.enter(IDLE);
+                } else {
+                    // Keep the accept time: the first head is timed from it.
+                    self.phase.store(HEAD, Ordering::Release);
+                }
+            }
+            IDLE if !self.h2.load(Ordering::Relaxed) => self.enter(HEAD),
+            _ => {}
         }
     }
 }
@@ -210,60 +225,6 @@ struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.end_request();
-    }
-}
-
-/// The client's stream, reporting reads to [`Activity`].
-struct Tracked<I> {
-    inner: I,
-    activity: Arc<Activity>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let fresh = &buf.filled()[before..];
-            if !fresh.is_empty() {
-                self.activity.on_read(fresh);
-            }
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The success envelope: the gateway's status, headers and body as one JSON object.
 
 use base64::Engine as _;
+use http::header::TRANSFER_ENCODING;
 use http::{HeaderMap, StatusCode};
 use serde::de::IgnoredAny;
 
@@ -40,9 +41,14 @@ fn estimate_len(headers: &HeaderMap, body: &[u8]) -> usize {
 
 /// Repeated headers become one member whose values are joined with ", ",
 /// the list form RFC 9110 section 5.3 defines as equivalent.
+///
+/// `Transfer-Encoding` is left out: it described how the gateway framed
+/// bytes on gwproxy's connection, not the body the envelope now carries
+/// whole (Go's client, and so the Dashboard, drops it the same way).
 fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     out.push(b'{');
-    for (i, name) in headers.keys().enumerate() {
+    let names = headers.keys().filter(|name| *name != TRANSFER_ENCODING);
+    for (i, name) in names.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -186,6 +192,15 @@ mod tests {
         assert_eq!(v["headers"]["Content-Type"], "text/plain");
         assert_eq!(v["headers"]["X-Ratelimit-Limit"], "0");
         assert_eq!(v["headers"]["Set-Cookie"], "a=1, b=2");
+    }
+
+    #[test]
+    fn leaves_out_transfer_encoding() {
+        let mut headers = HeaderMap::new();
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let v = parse(&build(StatusCode::OK, &headers, b""));
+        assert_eq!(v["headers"], serde_json::json!({"X-A": "1"}));
     }
 
     #[test]

@@ -60,12 +60,16 @@ async fn send(
         (request.into_http(), None)
     };
 
+    let mark = conn.sender.received();
     let error = match conn.sender.try_send(first).await {
         Ok(response) => return Ok((conn, response)),
         Err(error) => error,
     };
 
-    let retry = retry_request(error, spare)?;
+    // SPEC.md: retried only "before any response byte arrived".
+    let nothing_back = mark.is_some() && conn.sender.received() == mark;
+    let partial = mark.is_some() && !nothing_back;
+    let retry = retry_request(error, spare.filter(|_| nothing_back), partial)?;
     debug!("retrying gateway request on a fresh connection");
     conn = pool.connect().await?;
     match conn.sender.try_send(retry).await {
@@ -75,16 +79,22 @@ async fn send(
 }
 
 /// Decides whether a failed first attempt may be sent again, and with what.
-/// `spare` exists only for an idempotent request on a reused connection.
+/// `spare` exists only for an idempotent request on a reused HTTP/1.1
+/// connection that received nothing for it; `partial` says some of the
+/// response did arrive.
 fn retry_request(
     mut error: TrySendError<Request<Full<Bytes>>>,
     spare: Option<GatewayRequest>,
+    partial: bool,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
     if let Some(unsent) = error.take_message() {
         return Ok(unsent);
     }
     match spare {
         Some(spare) if died_before_response(error.error()) => Ok(spare.into_http()),
+        _ if partial && error.error().is_incomplete_message() => Err(ProxyError::upstream(
+            "the gateway closed the connection partway through its response head",
+        )),
         _ => Err(send_error(error.error())),
     }
 }

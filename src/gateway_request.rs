@@ -58,6 +58,11 @@ impl GatewayRequest {
         if is_json && !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+        // An empty Host is only valid for a URI without authority (RFC 9112
+        // section 3.2), which a gateway URL never is.
+        if headers.get(HOST).is_some_and(|host| host.is_empty()) {
+            headers.remove(HOST);
+        }
         if !headers.contains_key(HOST) {
             let host = HeaderValue::from_str(authority)
                 .map_err(|_| ProxyError::bad_request("gateway host is not a valid Host header"))?;

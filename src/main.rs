@@ -11,6 +11,7 @@ use gwproxy::cli::{self, Command, USAGE};
 use gwproxy::config::{Config, ConfigProblem};
 use gwproxy::server::Server;
 use gwproxy::tls_server::ListenerTls;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
 /// Exit status for every start-up failure (SPEC.md, "Command line").
@@ -75,6 +76,12 @@ fn run(path: Option<&Path>) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Handlers first: a signal that arrives as soon as "listening" is
+    // logged must find them installed, not the default action.
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => return fail(format!("cannot install signal handlers: {error}")),
+    };
     let tls = match config.tls.as_ref().map(ListenerTls::load).transpose() {
         Ok(tls) => tls.map(Arc::new),
         Err(error) => return fail(format!("key `tls`: {error}")),
@@ -86,20 +93,41 @@ async fn serve(config: Config) -> ExitCode {
     let addr = server.local_addr().unwrap_or(config.listen);
     info!(%addr, tls = tls.is_some(), gateways = config.gateways.len(), "gwproxy listening");
 
-    tokio::spawn(reload_on_sighup(tls));
-    server.run(shutdown_signal()).await;
+    tokio::spawn(reload_on_sighup(signals.hangup, tls));
+    server
+        .run(stop_requested(signals.terminate, signals.interrupt))
+        .await;
     ExitCode::SUCCESS
 }
 
-/// SIGHUP re-reads the certificate files: rotation without a restart.
-/// A bad new file keeps the old certificates. The handler is installed
-/// even without TLS, since SIGHUP's default action would end the process.
-async fn reload_on_sighup(tls: Option<Arc<ListenerTls>>) {
-    use tokio::signal::unix::{signal, SignalKind};
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
 
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn stop_requested(mut terminate: Signal, mut interrupt: Signal) {
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM received"),
+        _ = interrupt.recv() => info!("SIGINT received"),
+    }
+}
+
+/// SIGHUP re-reads the certificate files: rotation without a restart.
+/// A bad new file keeps the old certificates. The handler stays installed
+/// without TLS too, since SIGHUP's default action would end the process.
+async fn reload_on_sighup(mut hangups: Signal, tls: Option<Arc<ListenerTls>>) {
     while hangups.recv().await.is_some() {
         let Some(tls) = &tls else {
             info!("SIGHUP: no certificates to reload");
@@ -109,23 +137,6 @@ async fn reload_on_sighup(tls: Option<Arc<ListenerTls>>) {
             Ok(()) => info!("SIGHUP: certificates reloaded"),
             Err(error) => warn!(%error, "SIGHUP: certificates not reloaded; keeping the old ones"),
         }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers gwproxy still serves; it just cannot drain.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
     }
 }
 

@@ -16,6 +16,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::error::ProxyError;
+use crate::observed_io::{ByteCount, Observed};
 use crate::tls_client::describe_failure;
 
 type Body = Full<Bytes>;
@@ -58,6 +59,7 @@ pub struct PoolSettings {
 #[derive(Debug)]
 struct IdleConn {
     sender: http1::SendRequest<Body>,
+    received: Arc<ByteCount>,
     since: Instant,
 }
 
@@ -96,7 +98,7 @@ impl GatewayPool {
             // gateway closed while it sat in the pool.
             if idle.sender.ready().await.is_ok() {
                 return Ok(PooledConn {
-                    sender: Sender::Http1(idle.sender),
+                    sender: Sender::Http1(idle.sender, idle.received),
                     reused: true,
                 });
             }
@@ -107,7 +109,7 @@ impl GatewayPool {
     /// Returns a connection whose response was read to the end. (An h2
     /// connection stays shared; there is nothing to return.)
     pub fn checkin(&self, conn: PooledConn) {
-        let Sender::Http1(sender) = conn.sender else {
+        let Sender::Http1(sender, received) = conn.sender else {
             return;
         };
         if sender.is_closed() {
@@ -117,6 +119,7 @@ impl GatewayPool {
         if idle.len() < self.settings.max_idle {
             idle.push(IdleConn {
                 sender,
+                received,
                 since: Instant::now(),
             });
         }
@@ -231,18 +234,29 @@ impl GatewayPool {
 /// Either kind of connection, behind one sending interface.
 #[derive(Debug)]
 pub enum Sender {
-    Http1(http1::SendRequest<Body>),
+    /// With the bytes the connection has received so far: a failed request
+    /// may be retried only if none arrived for it.
+    Http1(http1::SendRequest<Body>, Arc<ByteCount>),
+    /// Streams share the connection, so bytes cannot be told apart.
     Http2(http2::SendRequest<Body>),
 }
 
 impl Sender {
+    /// Bytes received so far on an HTTP/1.1 connection.
+    pub fn received(&self) -> Option<u64> {
+        match self {
+            Sender::Http1(_, received) => Some(received.get()),
+            Sender::Http2(_) => None,
+        }
+    }
+
     /// Sends, handing the request back when it was never written.
     pub async fn try_send(
         &mut self,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         match self {
-            Sender::Http1(sender) => sender.try_send_request(request).await,
+            Sender::Http1(sender, _) => sender.try_send_request(request).await,
             Sender::Http2(sender) => sender.try_send_request(request).await,
         }
     }
@@ -264,9 +278,11 @@ where
         spawn_connection(connection);
         return Ok(Sender::Http2(sender));
     }
+    let received = Arc::new(ByteCount::default());
+    let io = TokioIo::new(Observed::new(io.into_inner(), received.clone()));
     let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(failed)?;
     spawn_connection(connection);
-    Ok(Sender::Http1(sender))
+    Ok(Sender::Http1(sender, received))
 }
 
 fn spawn_connection<F>(connection: F)

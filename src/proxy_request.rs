@@ -49,7 +49,7 @@ pub fn parse(bytes: &[u8], max_headers: usize) -> Result<ProxyRequest<'_>, Proxy
         Some(raw) if raw.get() != "null" => parse_headers(raw, max_headers)?,
         _ => Vec::new(),
     };
-    let body = parse_body(fields.body);
+    let body = parse_body(fields.body)?;
 
     Ok(ProxyRequest {
         method,
@@ -106,15 +106,18 @@ fn parse_headers<'a>(raw: &'a RawValue, max: usize) -> Result<HeaderPairs<'a>, P
         .map_err(|e| ProxyError::bad_request(e.to_string()))
 }
 
-fn parse_body(raw: Option<&RawValue>) -> RequestBody<'_> {
-    match raw {
-        None => RequestBody::None,
-        Some(raw) if raw.get() == "null" => RequestBody::None,
-        Some(raw) => match text(raw) {
-            Some(decoded) => RequestBody::Text(decoded),
-            None => RequestBody::Json(raw.get()),
-        },
+fn parse_body(raw: Option<&RawValue>) -> Result<RequestBody<'_>, ProxyError> {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+        return Ok(RequestBody::None);
+    };
+    if !raw.get().starts_with('"') {
+        return Ok(RequestBody::Json(raw.get()));
     }
+    // A JSON string may still fail to decode: a lone surrogate escape such
+    // as "\ud800" names no character (RFC 8259 section 8.2).
+    text(raw).map(RequestBody::Text).ok_or_else(|| {
+        ProxyError::bad_request("field `body` is a string that is not valid Unicode")
+    })
 }
 
 /// A JSON string, borrowed when it had no escapes.
@@ -342,6 +345,13 @@ mod tests {
         let detail =
             err(r#"{"method":"GET","url":"u","headers":{"a":"1","b":"2","c":"3","d":"4"}}"#);
         assert!(detail.contains("more than 3"), "{detail}");
+    }
+
+    #[test]
+    fn refuses_a_string_body_with_a_lone_surrogate() {
+        assert!(
+            err(r#"{"method":"POST","url":"u","body":"a\ud800b"}"#).contains("not valid Unicode")
+        );
     }
 
     #[test]

@@ -307,7 +307,6 @@ fn gwproxy_config_variable_names_a_missing_file() {
 }
 
 #[test]
-#[ignore = "BUG: the `tls` key is accepted but ignored; gwproxy serves plain HTTP without its files"]
 fn a_missing_listener_certificate_exits_2_naming_the_file() {
     let missing = std::env::temp_dir().join(format!("gwproxy-cert-{}.pem", std::process::id()));
     let mut config = valid_config("127.0.0.1:0");
@@ -324,7 +323,6 @@ fn a_missing_listener_certificate_exits_2_naming_the_file() {
 }
 
 #[test]
-#[ignore = "BUG: a gateway's `ca_file` is accepted but never read, so a missing one goes unnoticed"]
 fn a_missing_gateway_ca_file_exits_2_naming_the_file() {
     let missing = std::env::temp_dir().join(format!("gwproxy-ca-{}.pem", std::process::id()));
     let mut config = valid_config("127.0.0.1:0");

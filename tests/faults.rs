@@ -425,7 +425,10 @@ async fn connect_timeout_is_a_500_within_connect_ms() {
 
     let url = format!("http://{faulty}/hang");
     let detail = expect_gateway_failure(&gw, "GET", &url, Duration::from_secs(3)).await;
-    assert!(detail.contains("timed out connecting"), "detail: {detail}");
+    assert!(
+        detail.contains("timeout") && detail.contains("connect"),
+        "detail: {detail}"
+    );
 
     assert_still_serves(&gw, &healthy).await;
 }
@@ -494,7 +497,6 @@ async fn pooled_connection_the_gateway_closed_while_idle_is_not_used() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a GET is retried even after part of the response head arrived (spec: only before any byte)"]
 async fn get_is_not_retried_once_response_bytes_arrived() {
     // Connection 1 answers once, then sends half a status line and closes.
     let connections = Arc::new(AtomicUsize::new(0));
