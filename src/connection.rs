@@ -40,7 +40,7 @@ pub struct ConnTimeouts {
 pub async fn serve<I>(
     io: I,
     state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: &auto::Builder<TokioExecutor>,
     timeouts: ConnTimeouts,
     mut shutdown: watch::Receiver<bool>,
 ) where

@@ -13,6 +13,7 @@ use tracing::debug;
 use crate::error::ProxyError;
 use crate::gateway_request::GatewayRequest;
 use crate::pool::{GatewayPool, PooledConn};
+use crate::tls_client::describe_failure;
 
 /// The gateway's answer, read to the end.
 #[derive(Debug)]
@@ -54,10 +55,11 @@ async fn send(
 ) -> Result<(PooledConn, Response<Incoming>), ProxyError> {
     let mut conn = pool.checkout().await?;
     let may_resend = conn.reused && request.is_idempotent();
+    let h2 = conn.sender.is_h2();
     let (first, spare) = if may_resend {
-        (request.to_http(), Some(request))
+        (request.to_http(h2), Some(request))
     } else {
-        (request.into_http(), None)
+        (request.into_http(h2), None)
     };
 
     let mark = conn.sender.received();
@@ -69,9 +71,15 @@ async fn send(
     // SPEC.md: retried only "before any response byte arrived".
     let nothing_back = mark.is_some() && conn.sender.received() == mark;
     let partial = mark.is_some() && !nothing_back;
-    let retry = retry_request(error, spare.filter(|_| nothing_back), partial)?;
+    let retry = retry_request(error, spare.filter(|_| nothing_back), partial, h2)?;
     debug!("retrying gateway request on a fresh connection");
     conn = pool.connect().await?;
+    // The retry was built for the first connection's protocol.
+    if conn.sender.is_h2() != h2 {
+        return Err(ProxyError::upstream(
+            "the gateway negotiated another HTTP version on a new connection",
+        ));
+    }
     match conn.sender.try_send(retry).await {
         Ok(response) => Ok((conn, response)),
         Err(error) => Err(send_error(error.error())),
@@ -86,12 +94,13 @@ fn retry_request(
     mut error: TrySendError<Request<Full<Bytes>>>,
     spare: Option<GatewayRequest>,
     partial: bool,
+    h2: bool,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
     if let Some(unsent) = error.take_message() {
         return Ok(unsent);
     }
     match spare {
-        Some(spare) if died_before_response(error.error()) => Ok(spare.into_http()),
+        Some(spare) if died_before_response(error.error()) => Ok(spare.into_http(h2)),
         _ if partial && error.error().is_incomplete_message() => Err(ProxyError::upstream(
             "the gateway closed the connection partway through its response head",
         )),
@@ -144,6 +153,14 @@ fn send_error(error: &hyper::Error) -> ProxyError {
         return ProxyError::upstream("the gateway sent a response that is not valid HTTP/1.1");
     }
     if let Some(io) = io_error(error) {
+        // Under TLS 1.3 a gateway checks gwproxy's client certificate after
+        // the handshake, so its refusal arrives as an alert on first read.
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return ProxyError::upstream(describe_failure(io));
+        }
         return ProxyError::upstream(format!("the gateway connection failed: {io}"));
     }
     ProxyError::upstream(format!("the gateway connection failed: {error}"))

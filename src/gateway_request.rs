@@ -91,17 +91,34 @@ impl GatewayRequest {
         )
     }
 
-    pub fn to_http(&self) -> Request<Full<Bytes>> {
-        self.clone().into_http()
+    pub fn to_http(&self, h2: bool) -> Request<Full<Bytes>> {
+        self.clone().into_http(h2)
     }
 
-    pub fn into_http(self) -> Request<Full<Bytes>> {
+    /// The request as hyper sends it. HTTP/1.1 takes the origin form and a
+    /// `Host` header; h2 takes the authority in the URI, which hyper sends
+    /// as `:authority` in place of `Host` (RFC 9113 section 8.3.1). h2 is
+    /// only negotiated by ALPN, so its scheme is https.
+    pub fn into_http(mut self, h2: bool) -> Request<Full<Bytes>> {
+        if h2 {
+            self.uri = absolute_https(&self.uri, self.headers.remove(HOST)).unwrap_or(self.uri);
+        }
         let mut request = Request::new(Full::new(self.body));
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.headers_mut() = self.headers;
         request
     }
+}
+
+fn absolute_https(origin: &Uri, host: Option<HeaderValue>) -> Option<Uri> {
+    let authority = http::uri::Authority::try_from(host?.as_bytes()).ok()?;
+    Uri::builder()
+        .scheme(http::uri::Scheme::HTTPS)
+        .authority(authority)
+        .path_and_query(origin.path_and_query()?.clone())
+        .build()
+        .ok()
 }
 
 /// Validates the caller's headers and drops the hop-by-hop ones, including

@@ -65,7 +65,9 @@ fn run(path: Option<&Path>) -> ExitCode {
     };
     init_logging();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This thread runs the first worker and the signal handlers; server.rs
+    // starts the other workers on threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

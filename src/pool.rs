@@ -106,6 +106,16 @@ impl GatewayPool {
         self.connect().await
     }
 
+    /// Opens a new connection, TLS handshake included, within the connect
+    /// timeout.
+    ///
+    /// Boxed: the TLS handshake's state is kilobytes, and inline it would
+    /// make every request's future that large, to be moved (copied) on
+    /// each poll setup even though most requests reuse a connection.
+    pub async fn connect(&self) -> Result<PooledConn, ProxyError> {
+        Box::pin(self.connect_inline()).await
+    }
+
     /// Returns a connection whose response was read to the end. (An h2
     /// connection stays shared; there is nothing to return.)
     pub fn checkin(&self, conn: PooledConn) {
@@ -125,9 +135,7 @@ impl GatewayPool {
         }
     }
 
-    /// Opens a new connection, TLS handshake included, within the connect
-    /// timeout.
-    pub async fn connect(&self) -> Result<PooledConn, ProxyError> {
+    async fn connect_inline(&self) -> Result<PooledConn, ProxyError> {
         let timeout = self.settings.connect_timeout;
         let sender = tokio::time::timeout(timeout, self.open())
             .await
@@ -242,6 +250,10 @@ pub enum Sender {
 }
 
 impl Sender {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::Http2(_))
+    }
+
     /// Bytes received so far on an HTTP/1.1 connection.
     pub fn received(&self) -> Option<u64> {
         match self {

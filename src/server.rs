@@ -1,4 +1,11 @@
-//! The listener: bind, accept within the connection cap, and drain on shutdown.
+//! The listeners and their workers: bind, accept within the connection cap, drain on shutdown.
+//!
+//! gwproxy runs one single-threaded event loop per worker, as nginx runs
+//! one process per worker. Each has its own listening socket on the same
+//! address (`SO_REUSEPORT`, so the kernel spreads connections across
+//! them) and its own gateway pools, so a request, its client connection
+//! and its gateway connection are served by one thread with no hand-offs.
+//! Only the connection cap and the request cap are shared, as atomics.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,140 +14,240 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::connection::{self, ConnTimeouts};
-use crate::state::State;
+use crate::state::{Shared, State};
 use crate::tls_server::{self, ListenerTls};
 
-/// Pending connections the kernel may queue before `accept`: large enough
-/// for load generators that open hundreds of connections at once.
+/// Pending connections the kernel may queue per listener before `accept`:
+/// large enough for load generators that open hundreds at once.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A bound listener, ready to serve.
+/// Concurrent streams per h2 connection; the global request cap still
+/// applies on top.
+const H2_MAX_STREAMS: u32 = 256;
+const H2_MAX_PENDING_RESETS: usize = 64;
+
+/// Bound listeners, ready to serve.
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
+    common: Arc<Common>,
+}
+
+/// What every worker shares.
+struct Common {
+    shared: Arc<Shared>,
     tls: Option<Arc<ListenerTls>>,
-    state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: auto::Builder<TokioExecutor>,
     timeouts: ConnTimeouts,
+    /// `limits.max_connections`, across all workers.
+    connections: Arc<Semaphore>,
     max_connections: usize,
     grace: Duration,
 }
 
 impl Server {
-    /// Binds `config.listen`, serving HTTPS when `tls` is given. Needs a
-    /// running tokio runtime. The error is one line naming the key at fault.
+    /// Binds one socket per worker on `config.listen`, serving HTTPS when
+    /// `tls` is given. Needs a tokio runtime to bind in. The error is one
+    /// line naming the key at fault.
     pub fn bind(config: &Config, tls: Option<Arc<ListenerTls>>) -> Result<Server, String> {
-        let state = State::new(config)?;
-        let listener = listen(config.listen)
+        let shared = Shared::new(config)?;
+        let listeners = listen_all(config.listen, config.workers)
             .map_err(|e| format!("cannot listen on {} (key `listen`): {e}", config.listen))?;
-        Ok(Server {
-            listener,
+
+        let common = Common {
+            shared: Arc::new(shared),
             tls,
-            state: Arc::new(state),
-            builder: Arc::new(http_builder(config)),
+            builder: http_builder(config),
             timeouts: ConnTimeouts {
                 header: config.timeouts.request_header,
                 idle: config.timeouts.idle,
             },
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             max_connections: config.limits.max_connections,
             grace: config.timeouts.shutdown_grace,
+        };
+        Ok(Server {
+            listeners,
+            common: Arc::new(common),
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
     }
 
-    /// Accepts until `shutdown` resolves, then lets open connections finish
-    /// their requests for up to `timeouts.shutdown_grace_ms`.
+    /// Serves until `shutdown` resolves, then lets open connections finish
+    /// their requests for up to `timeouts.shutdown_grace_ms`. The first
+    /// worker runs on the calling thread's runtime, the others on threads
+    /// of their own.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let connections = Arc::new(Semaphore::new(self.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let mut listeners = self.listeners.into_iter();
+        let Some(first) = listeners.next() else {
+            return;
+        };
 
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = shutdown.as_mut() => break,
-                accepted = self.listener.accept() => self.admit(accepted, &connections, &stop_rx).await,
+        let mut finished = Vec::new();
+        for (i, listener) in listeners.enumerate() {
+            match spawn_worker(i + 1, listener, self.common.clone(), stop_rx.clone()) {
+                Ok(done) => finished.push(done),
+                Err(error) => warn!(%error, "could not start a worker thread"),
             }
         }
 
-        let (max, grace) = (self.max_connections, self.grace);
-        drop(self);
+        let here = worker(first, self.common.clone(), stop_rx);
+        let mut here = std::pin::pin!(here);
+        tokio::select! {
+            _ = shutdown => {}
+            _ = here.as_mut() => {}
+        }
         info!("shutting down: no new connections, draining open ones");
         let _ = stop_tx.send(true);
-        drain(&connections, max, grace).await;
+        here.await;
+        for done in finished {
+            let _ = done.await;
+        }
+        info!("all workers stopped");
     }
+}
 
-    async fn admit(
-        &self,
-        accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
-        connections: &Arc<Semaphore>,
-        stop: &watch::Receiver<bool>,
-    ) {
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors or memory: back off instead of spinning.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return;
-            }
-        };
+/// Starts a worker on its own thread with its own single-threaded runtime;
+/// the receiver resolves when it has drained.
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    common: Arc<Common>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gwproxy-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(worker(listener, common, stop));
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
+}
 
-        // Over the cap the connection is closed at once: a quick, clean
-        // refusal that a load balancer can retry elsewhere.
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            debug!(%peer, "connection cap reached; closing new connection");
+/// One worker: accept until told to stop, then drain its own connections.
+async fn worker(
+    listener: std::net::TcpListener,
+    common: Arc<Common>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(%error, "worker could not use its listener");
             return;
-        };
-        let _ = stream.set_nodelay(true);
+        }
+    };
+    let state = Arc::new(State::for_worker(common.shared.clone()));
+    // This worker's connections, so that it waits for its own before its
+    // runtime, and their tasks with it, goes away.
+    let mine = Arc::new(Semaphore::new(common.max_connections));
 
-        let state = self.state.clone();
-        let builder = self.builder.clone();
-        let timeouts = self.timeouts;
-        let stop = stop.clone();
-        let tls = self.tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => connection::serve(stream, state, builder, timeouts, stop).await,
-                Some(tls) => {
-                    if let Some(stream) = tls_server::accept(&tls, stream).await {
-                        connection::serve(stream, state, builder, timeouts, stop).await;
-                    }
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => admit(accepted, &common, &state, &mine, &stop).await,
+        }
+    }
+    drop(listener);
+    drain(&mine, common.max_connections, common.grace).await;
+}
+
+async fn admit(
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    common: &Arc<Common>,
+    state: &Arc<State>,
+    mine: &Arc<Semaphore>,
+    stop: &watch::Receiver<bool>,
+) {
+    let (stream, peer) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            // Out of descriptors or memory: back off instead of spinning.
+            warn!(%error, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+    };
+
+    // Over the cap the connection is closed at once: a quick, clean
+    // refusal that a load balancer can retry elsewhere.
+    let (Ok(slot), Ok(tracked)) = (
+        common.connections.clone().try_acquire_owned(),
+        mine.clone().try_acquire_owned(),
+    ) else {
+        debug!(%peer, "connection cap reached; closing new connection");
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+
+    let (common, state, stop) = (common.clone(), state.clone(), stop.clone());
+    tokio::spawn(async move {
+        let builder = &common.builder;
+        let timeouts = common.timeouts;
+        match &common.tls {
+            None => connection::serve(stream, state, builder, timeouts, stop).await,
+            Some(tls) => {
+                if let Some(stream) = tls_server::accept(tls, stream).await {
+                    connection::serve(stream, state, builder, timeouts, stop).await;
                 }
             }
-            drop(permit);
-        });
-    }
+        }
+        drop((slot, tracked));
+    });
 }
 
-/// Waits until every connection task has returned its permit.
+/// Waits until every connection task of this worker has returned its permit.
 async fn drain(connections: &Semaphore, max: usize, grace: Duration) {
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    match tokio::time::timeout(grace, connections.acquire_many(all)).await {
-        Ok(_) => info!("all connections closed"),
-        Err(_) => warn!(
+    if tokio::time::timeout(grace, connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
             open = max - connections.available_permits(),
             "shutdown grace period over; closing remaining connections"
-        ),
+        );
     }
 }
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// One listening socket per worker on the same address. The first bind
+/// settles the port when `listen` asks for port 0.
+fn listen_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = listen(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(listen(addr)?);
+    }
+    Ok(listeners)
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    // Lets a restarted gwproxy bind while old connections sit in TIME_WAIT.
+    // Reuse lets a restarted gwproxy bind while old connections sit in
+    // TIME_WAIT; reuse-port lets the workers, and a new gwproxy during a
+    // zero-downtime restart, listen on the same port. A port held by any
+    // other program still fails to bind.
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 /// HTTP/1.1 and h2 (prior knowledge, or ALPN under TLS) on one listener,
@@ -166,8 +273,3 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(H2_MAX_PENDING_RESETS);
     builder
 }
-
-/// Concurrent streams per h2 connection; the global request cap still
-/// applies on top.
-const H2_MAX_STREAMS: u32 = 256;
-const H2_MAX_PENDING_RESETS: usize = 64;

@@ -57,30 +57,32 @@ async fn proxy(
     state: &State,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
+    let shared = &state.shared;
+
     // Shed before any work, so that an overload costs almost nothing.
-    let _permit = state
+    let _permit = shared
         .in_flight
         .try_acquire()
         .map_err(|_| ProxyError::bare(ErrorKind::Busy))?;
 
     // Authenticate before reading the body: strangers cannot make gwproxy
     // buffer anything.
-    let user = state
+    let user = shared
         .users
         .authenticate(request.headers().get(AUTHORIZATION))
         .ok_or_else(|| ProxyError::bare(ErrorKind::Unauthorized))?;
 
     let body = read_body(state, request).await?;
-    let parsed = proxy_request::parse(&body, state.limits.max_header_count)?;
+    let parsed = proxy_request::parse(&body, shared.limits.max_header_count)?;
     let target = parse_target(&parsed.url).map_err(ProxyError::bad_request)?;
-    let gateway = state.match_gateway(&target, user)?;
+    let (gateway, pool) = state.match_gateway(&target, user)?;
 
     let outgoing = GatewayRequest::build(parsed, &body, &target, &gateway.authority)?;
     let answer = forward(
-        &gateway.pool,
+        pool,
         outgoing,
-        state.timeouts.response,
-        state.limits.max_response_body_bytes,
+        shared.timeouts.response,
+        shared.limits.max_response_body_bytes,
     )
     .await?;
 
@@ -91,7 +93,7 @@ async fn proxy(
 /// Reads the caller's body within its size and time limits. A declared
 /// `Content-Length` over the limit is refused before reading a byte.
 async fn read_body(state: &State, request: Request<Incoming>) -> Result<Bytes, ProxyError> {
-    let limit = state.limits.max_request_body_bytes;
+    let limit = state.shared.limits.max_request_body_bytes;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -101,7 +103,7 @@ async fn read_body(state: &State, request: Request<Incoming>) -> Result<Bytes, P
         return Err(too_large(limit));
     }
 
-    let timeout = state.timeouts.request_body;
+    let timeout = state.shared.timeouts.request_body;
     let collect = Limited::new(request.into_body(), limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -1,88 +1,119 @@
-//! What every request reads: users, gateways with their pools, limits and timeouts.
+//! What requests read: settings shared by all workers, and each worker's own pools.
 
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use crate::auth::{User, Users};
-use crate::config::GatewayConfig;
-use crate::config::{Config, Limits, Timeouts};
+use crate::config::{Config, GatewayConfig, Limits, Timeouts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway_match::{GatewayTarget, Scheme, TargetUrl};
 use crate::pool::{GatewayPool, GatewayTls, PoolSettings};
 use crate::tls_client;
 
-/// Built once from the config; shared by all connections.
+/// Built once from the config; shared by every worker thread.
 #[derive(Debug)]
-pub struct State {
+pub struct Shared {
     pub users: Users,
     pub gateways: Vec<Gateway>,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    /// One permit per request being proxied (`limits.max_concurrent_requests`).
-    /// `try_acquire` is a single atomic operation: shedding costs no lock.
+    /// One permit per request being proxied, across all workers
+    /// (`limits.max_concurrent_requests`). `try_acquire` is a single
+    /// atomic operation: shedding costs no lock.
     pub in_flight: Semaphore,
+    pool: PoolSettings,
 }
 
-/// A configured gateway and its connection pool.
+/// A configured gateway: where it is and who may reach it.
 #[derive(Debug)]
 pub struct Gateway {
     pub target: GatewayTarget,
     pub org_id: Option<String>,
     /// The `Host` header value sent when the caller gives none.
     pub authority: String,
-    pub pool: Arc<GatewayPool>,
+    /// `host:port` to resolve; the bracketed IPv6 form is what
+    /// `lookup_host` parses.
+    address: String,
+    tls: Option<GatewayTls>,
 }
 
-impl State {
-    /// Needs a running tokio runtime: each pool starts its eviction task.
+/// One worker's state: the shared settings and its own connection pools,
+/// so that a request and its gateway connection stay on one thread.
+#[derive(Debug)]
+pub struct State {
+    pub shared: Arc<Shared>,
+    /// In the same order as `shared.gateways`.
+    pools: Vec<Arc<GatewayPool>>,
+}
+
+impl Shared {
     /// Fails, naming the key, when a gateway's TLS files are unusable.
-    pub fn new(config: &Config) -> Result<Self, String> {
-        let settings = PoolSettings {
-            max_idle: config.pool.max_idle_per_gateway,
-            idle_timeout: config.pool.idle_timeout,
-            connect_timeout: config.timeouts.connect,
-        };
+    pub fn new(config: &Config) -> Result<Shared, String> {
         let gateways = config
             .gateways
             .iter()
             .enumerate()
-            .map(|(i, g)| gateway(g, settings).map_err(|e| format!("gateways[{i}]: {e}")))
+            .map(|(i, g)| gateway(g).map_err(|e| format!("gateways[{i}]: {e}")))
             .collect::<Result<_, _>>()?;
 
-        Ok(State {
+        Ok(Shared {
             users: Users::new(&config.users),
             gateways,
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
             in_flight: Semaphore::new(config.limits.max_concurrent_requests),
+            pool: PoolSettings {
+                max_idle: config.pool.max_idle_per_gateway,
+                idle_timeout: config.pool.idle_timeout,
+                connect_timeout: config.timeouts.connect,
+            },
         })
+    }
+}
+
+impl State {
+    /// Needs the worker's tokio runtime: each pool starts its eviction task.
+    pub fn for_worker(shared: Arc<Shared>) -> State {
+        let pools = shared
+            .gateways
+            .iter()
+            .map(|g| GatewayPool::new(g.address.clone(), g.tls.clone(), shared.pool))
+            .collect();
+        State { shared, pools }
     }
 
     /// The first gateway, in config order, that contains `target` and that
-    /// `user` may reach. A gateway of another org is treated exactly like
-    /// no gateway, so that a 403 does not reveal which URLs exist.
-    pub fn match_gateway(&self, target: &TargetUrl, user: &User) -> Result<&Gateway, ProxyError> {
-        self.gateways
+    /// `user` may reach, with this worker's pool for it. A gateway of
+    /// another org is treated exactly like no gateway, so that a 403 does
+    /// not reveal which URLs exist.
+    pub fn match_gateway(
+        &self,
+        target: &TargetUrl,
+        user: &User,
+    ) -> Result<(&Gateway, &GatewayPool), ProxyError> {
+        self.shared
+            .gateways
             .iter()
-            .find(|g| g.target.matches(target) && org_allows(g, user))
+            .zip(&self.pools)
+            .find(|(g, _)| g.target.matches(target) && org_allows(g, user))
+            .map(|(g, pool)| (g, pool.as_ref()))
             .ok_or_else(|| ProxyError::bare(ErrorKind::Forbidden))
     }
 }
 
-fn gateway(config: &GatewayConfig, settings: PoolSettings) -> Result<Gateway, String> {
+fn gateway(config: &GatewayConfig) -> Result<Gateway, String> {
     let target = &config.target;
     let tls = match target.scheme {
         Scheme::Http => None,
         Scheme::Https => Some(gateway_tls(config)?),
     };
-    // The bracketed IPv6 form is what `lookup_host` parses.
-    let address = format!("{}:{}", target.host, target.port);
     Ok(Gateway {
         target: target.clone(),
         org_id: config.org_id.clone(),
         authority: target.authority(),
-        pool: GatewayPool::new(address, tls, settings),
+        address: format!("{}:{}", target.host, target.port),
+        tls,
     })
 }
 

@@ -29,6 +29,13 @@ async fn proxy_with_faulty(faulty: SocketAddr, extra: Value) -> (Gwproxy, Upstre
     (Gwproxy::start(config), healthy)
 }
 
+/// Pins gwproxy to one worker: these tests reason about one particular
+/// pooled gateway connection, and each worker has pools of its own.
+fn one_worker(mut extra: Value) -> Value {
+    extra["workers"] = json!(1);
+    extra
+}
+
 /// Sends one proxy request and expects the gateway-failure envelope within
 /// `within`; returns the detail in lower case.
 async fn expect_gateway_failure(gw: &Gwproxy, method: &str, url: &str, within: Duration) -> String {
@@ -299,7 +306,7 @@ async fn connection_of_a_timed_out_request_is_never_reused() {
     })
     .await;
     let extra = json!({ "timeouts": { "response_ms": 500 } });
-    let (gw, healthy) = proxy_with_faulty(faulty, extra).await;
+    let (gw, healthy) = proxy_with_faulty(faulty, one_worker(extra)).await;
 
     let url = format!("http://{faulty}/slow");
     let detail = expect_gateway_failure(&gw, "GET", &url, Duration::from_secs(3)).await;
@@ -347,7 +354,7 @@ async fn one_answer_per_connection(reset: bool) -> (SocketAddr, Arc<AtomicUsize>
 
 async fn retries_idempotent_requests_once_on_a_fresh_connection(reset: bool) {
     let (faulty, connections) = one_answer_per_connection(reset).await;
-    let (gw, healthy) = proxy_with_faulty(faulty, json!({})).await;
+    let (gw, healthy) = proxy_with_faulty(faulty, one_worker(json!({}))).await;
     let url = format!("http://{faulty}/retry");
     let proxy = |method: &'static str| call(&gw, method, url.clone());
 
@@ -481,7 +488,7 @@ async fn pooled_connection_the_gateway_closed_while_idle_is_not_used() {
         }
     })
     .await;
-    let (gw, healthy) = proxy_with_faulty(gateway, json!({})).await;
+    let (gw, healthy) = proxy_with_faulty(gateway, one_worker(json!({}))).await;
     let url = format!("http://{gateway}/keep-alive");
 
     for expected in ["connection 1", "connection 2"] {
@@ -521,7 +528,7 @@ async fn get_is_not_retried_once_response_bytes_arrived() {
         }
     })
     .await;
-    let (gw, healthy) = proxy_with_faulty(faulty, json!({})).await;
+    let (gw, healthy) = proxy_with_faulty(faulty, one_worker(json!({}))).await;
     let url = format!("http://{faulty}/partial-head");
 
     let (status, body) = call(&gw, "GET", url.clone()).await;

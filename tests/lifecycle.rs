@@ -550,7 +550,11 @@ fn sigterm_right_after_start_still_exits_zero() {
 #[tokio::test]
 async fn back_to_back_requests_share_one_pooled_gateway_connection() {
     let gateway = Upstream::fixed(200, "text/plain", b"pooled").await;
-    let gw = Gwproxy::start(Gwproxy::config(&[&gateway.url("")], json!({})));
+    // One worker: each worker has its own pool.
+    let gw = Gwproxy::start(Gwproxy::config(
+        &[&gateway.url("")],
+        json!({ "workers": 1 }),
+    ));
 
     for _ in 0..3 {
         let (status, _, body, _) = proxy_get(gw.addr, &gateway.url("/again")).await;
@@ -564,7 +568,7 @@ async fn a_pooled_connection_idle_past_idle_timeout_is_replaced() {
     let gateway = Upstream::fixed(200, "text/plain", b"pooled").await;
     let gw = Gwproxy::start(Gwproxy::config(
         &[&gateway.url("")],
-        json!({ "pool": { "idle_timeout_ms": 300 } }),
+        json!({ "workers": 1, "pool": { "idle_timeout_ms": 300 } }),
     ));
 
     let (status, _, body, _) = proxy_get(gw.addr, &gateway.url("/first")).await;

@@ -30,6 +30,9 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub pool: PoolConfig,
+    /// Key `workers`: event-loop threads, each with its own listening
+    /// socket (`SO_REUSEPORT`) and gateway pools; default one per CPU.
+    pub workers: usize,
 }
 
 impl Config {
@@ -38,6 +41,11 @@ impl Config {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3000));
     /// The example gateway of the Dashboard API's documentation.
     pub const BUILTIN_GATEWAY: &'static str = "http://127.0.0.1:8181";
+
+    /// One worker per CPU, as nginx's `worker_processes auto` does.
+    pub fn default_workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 /// Key `tls`: the listener's PEM certificate chain and private key, and
@@ -296,6 +304,7 @@ impl Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             pool: PoolConfig::default(),
+            workers: Config::default_workers(),
         }
     }
 }

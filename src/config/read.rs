@@ -25,7 +25,7 @@ const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
 type Field<'v> = Option<(&'v Value, String)>;
 
 const TOP_KEYS: &[&str] = &[
-    "listen", "tls", "users", "gateways", "limits", "timeouts", "pool",
+    "listen", "tls", "users", "gateways", "limits", "timeouts", "pool", "workers",
 ];
 
 pub(super) fn read_config(value: &Value, problems: &mut Problems) -> Option<Config> {
@@ -38,7 +38,17 @@ pub(super) fn read_config(value: &Value, problems: &mut Problems) -> Option<Conf
         limits: read_limits(top.get("limits"), problems),
         timeouts: read_timeouts(top.get("timeouts"), problems),
         pool: read_pool(top.get("pool"), problems),
+        workers: read_workers(top.get("workers"), problems),
     })
+}
+
+/// More threads than this only add contention on any machine gwproxy runs on.
+const MAX_WORKERS: u64 = 1024;
+
+fn read_workers(field: Field, problems: &mut Problems) -> usize {
+    field
+        .and_then(|(value, path)| problems.positive(value, &path, MAX_WORKERS))
+        .map_or_else(Config::default_workers, |n| n as usize)
 }
 
 fn read_listen(field: Field, problems: &mut Problems) -> SocketAddr {
