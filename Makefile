@@ -5,7 +5,7 @@ CARGO ?= cargo
 SECRET ?= $(shell head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 GATEWAY ?= 127.0.0.1:8181
 
-.PHONY: all build release run run-tls certs test lint fmt clean
+.PHONY: all build release run run-tls certs test lint fmt clean bench
 
 all: build
 
@@ -34,6 +34,10 @@ test: lint
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## bench: gwproxy beside nginx proxy_pass on loopback with wrk (DURATION=15s by default)
+bench:
+	bash benches/bench.sh
 
 fmt:
 	$(CARGO) fmt --all
