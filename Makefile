@@ -2,7 +2,10 @@
 
 CARGO ?= cargo
 # The built-in default user's secret for `make run`; override with SECRET=...
-SECRET ?= $(shell head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# Expanded once (:=), so the printed curl line and gwproxy get the same one.
+ifeq ($(origin SECRET), undefined)
+SECRET := $(shell head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+endif
 GATEWAY ?= 127.0.0.1:8181
 
 .PHONY: all build release run run-tls certs test lint fmt clean bench
