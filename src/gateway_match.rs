@@ -137,6 +137,14 @@ impl TargetUrl {
 /// characters (the WHATWG parser would silently strip tabs/newlines: we refuse instead), or
 /// starts with spaces, or has an empty host such as "http:///x" (which WHATWG would accept).
 pub fn parse_target(url: &str) -> Result<TargetUrl, String> {
+    match crate::normal_url::parse_normal(url) {
+        Some(target) => Ok(target),
+        None => parse_full(url),
+    }
+}
+
+/// [`parse_target`] through the full WHATWG parser, for any input.
+pub fn parse_full(url: &str) -> Result<TargetUrl, String> {
     let parsed = parse_strict(url)?;
     let path = parsed.url.path();
     let path_and_query = match parsed.url.query() {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway_match;
 pub mod gateway_request;
+pub mod normal_url;
 pub mod observed_io;
 pub mod pool;
 pub mod proxy_request;

@@ -14,6 +14,9 @@ use gwproxy::tls_server::ListenerTls;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for every start-up failure (SPEC.md, "Command line").
 const EXIT_BAD_START: u8 = 2;
 
