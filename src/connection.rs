@@ -23,7 +23,7 @@ use tracing::debug;
 
 use crate::observed_io::{Observed, ReadObserver};
 use crate::service;
-use crate::state::State;
+use crate::state::StateCell;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4) starts this way.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -39,7 +39,7 @@ pub struct ConnTimeouts {
 /// signalled (then requests in flight finish first).
 pub async fn serve<I>(
     io: I,
-    state: Arc<State>,
+    state: Arc<StateCell>,
     builder: &auto::Builder<TokioExecutor>,
     timeouts: ConnTimeouts,
     mut shutdown: watch::Receiver<bool>,
@@ -51,7 +51,7 @@ pub async fn serve<I>(
 
     let service_activity = activity.clone();
     let service = service_fn(move |request| {
-        let state = state.clone();
+        let state = state.load();
         let guard = service_activity.begin_request();
         async move {
             let response = service::handle(&state, request).await;

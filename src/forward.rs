@@ -73,6 +73,7 @@ async fn send(
     let partial = mark.is_some() && !nothing_back;
     let retry = retry_request(error, spare.filter(|_| nothing_back), partial, h2)?;
     debug!("retrying gateway request on a fresh connection");
+    pool.note_retry();
     conn = pool.connect().await?;
     // The retry was built for the first connection's protocol.
     if conn.sender.is_h2() != h2 {

@@ -77,6 +77,15 @@ impl GatewayRequest {
         })
     }
 
+    /// Sends gwproxy's request id along, unless the caller's JSON headers
+    /// already name one for the gateway.
+    pub fn set_request_id(&mut self, id: &HeaderValue) {
+        let name = HeaderName::from_static("x-request-id");
+        if !self.headers.contains_key(&name) {
+            self.headers.insert(name, id.clone());
+        }
+    }
+
     /// RFC 9110 section 9.2.2: only these may be sent twice without the
     /// caller's say-so.
     pub fn is_idempotent(&self) -> bool {

@@ -3,13 +3,13 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use gwproxy::cli::{self, Command, USAGE};
-use gwproxy::config::{Config, ConfigProblem};
-use gwproxy::server::Server;
+use gwproxy::config::{Config, ConfigProblem, LogConfig, LogFormat};
+use gwproxy::server::{Reloader, Server};
 use gwproxy::tls_server::ListenerTls;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
@@ -59,14 +59,15 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 fn run(path: Option<&Path>) -> ExitCode {
-    let config = match path {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(problems) => return fail(one_line(path, &problems)),
-        },
+    let loaded = match path {
+        Some(path) => Config::load(path),
         None => Config::builtin(&default_secret()),
     };
-    init_logging();
+    let config = match loaded {
+        Ok(config) => config,
+        Err(problems) => return fail(one_line(path, &problems)),
+    };
+    init_logging(&config.log);
 
     // This thread runs the first worker and the signal handlers; server.rs
     // starts the other workers on threads of their own.
@@ -77,10 +78,10 @@ fn run(path: Option<&Path>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the runtime: {error}")),
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, path.map(Path::to_path_buf)))
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     // Handlers first: a signal that arrives as soon as "listening" is
     // logged must find them installed, not the default action.
     let signals = match Signals::install() {
@@ -98,7 +99,11 @@ async fn serve(config: Config) -> ExitCode {
     let addr = server.local_addr().unwrap_or(config.listen);
     info!(%addr, tls = tls.is_some(), gateways = config.gateways.len(), "gwproxy listening");
 
-    tokio::spawn(reload_on_sighup(signals.hangup, tls));
+    if let Some(addr) = server.metrics_addr() {
+        info!(%addr, "metrics listening");
+    }
+
+    tokio::spawn(reload_on_sighup(signals.hangup, path, server.reloader()));
     server
         .run(stop_requested(signals.terminate, signals.interrupt))
         .await;
@@ -129,18 +134,34 @@ async fn stop_requested(mut terminate: Signal, mut interrupt: Signal) {
     }
 }
 
-/// SIGHUP re-reads the certificate files: rotation without a restart.
-/// A bad new file keeps the old certificates. The handler stays installed
-/// without TLS too, since SIGHUP's default action would end the process.
-async fn reload_on_sighup(mut hangups: Signal, tls: Option<Arc<ListenerTls>>) {
+/// SIGHUP re-reads the config file and hands users, gateways, limits,
+/// timeouts and certificates to the workers; requests in flight finish on
+/// the old settings. A file with problems keeps the old config and logs
+/// every problem. The handler stays installed without a file too, since
+/// SIGHUP's default action would end the process.
+async fn reload_on_sighup(mut hangups: Signal, path: Option<PathBuf>, reloader: Reloader) {
     while hangups.recv().await.is_some() {
-        let Some(tls) = &tls else {
-            info!("SIGHUP: no certificates to reload");
+        let Some(path) = &path else {
+            info!("SIGHUP: running on the built-in config; nothing to reload");
             continue;
         };
-        match tls.reload() {
-            Ok(()) => info!("SIGHUP: certificates reloaded"),
-            Err(error) => warn!(%error, "SIGHUP: certificates not reloaded; keeping the old ones"),
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(problems) => {
+                for problem in &problems {
+                    warn!(%problem, "SIGHUP: config not reloaded; keeping the old one");
+                }
+                continue;
+            }
+        };
+        match reloader.reload(&config) {
+            Ok(restart_only) => {
+                info!(file = %path.display(), "SIGHUP: config reloaded");
+                for key in restart_only {
+                    warn!(key, "SIGHUP: this change takes effect on restart");
+                }
+            }
+            Err(error) => warn!(%error, "SIGHUP: config not reloaded; keeping the old one"),
         }
     }
 }
@@ -169,19 +190,40 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn one_line(path: &Path, problems: &[ConfigProblem]) -> String {
+fn one_line(path: Option<&Path>, problems: &[ConfigProblem]) -> String {
     let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    format!("invalid config {}: {}", path.display(), listed.join("; "))
+    let source = path.map_or("(built-in)".into(), |p| p.display().to_string());
+    format!("invalid config {source}: {}", listed.join("; "))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gwproxy=info"));
-    tracing_subscriber::fmt()
+/// `log.level` as the filter, unless `RUST_LOG` is set; text or JSON lines
+/// on stderr.
+fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(qualified_level(&log.level)))
+        .unwrap_or_else(|_| EnvFilter::new("gwproxy=info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// A bare level such as `debug` means gwproxy's own logs at that level,
+/// not every dependency's; a full filter is used as written.
+fn qualified_level(level: &str) -> String {
+    let bare = ["trace", "debug", "info", "warn", "error", "off"];
+    if bare.contains(&level) {
+        format!("gwproxy={level}")
+    } else {
+        level.to_owned()
+    }
 }
 
 fn fail(message: String) -> ExitCode {

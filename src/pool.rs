@@ -1,5 +1,6 @@
 //! Keep-alive connections to one gateway: connect (TCP, TLS), check out, check in, evict.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::error::ProxyError;
+use crate::metrics::GatewayMetrics;
 use crate::observed_io::{ByteCount, Observed};
 use crate::tls_client::describe_failure;
 
@@ -37,6 +39,7 @@ pub struct GatewayPool {
     idle: Mutex<Vec<IdleConn>>,
     shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
     settings: PoolSettings,
+    stats: Arc<GatewayMetrics>,
 }
 
 /// How to speak TLS to an `https` gateway.
@@ -70,16 +73,40 @@ pub struct PooledConn {
     /// Whether it carried an earlier request: only such a connection can
     /// fail from a keep-alive race, and so earn a retry.
     pub reused: bool,
+    _in_use: InUse,
+}
+
+/// Counts a connection in use until it is checked in or dropped.
+#[derive(Debug)]
+struct InUse(Arc<GatewayMetrics>);
+
+impl InUse {
+    fn new(stats: &Arc<GatewayMetrics>) -> InUse {
+        stats.in_use.fetch_add(1, Ordering::Relaxed);
+        InUse(stats.clone())
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl GatewayPool {
-    pub fn new(address: String, tls: Option<GatewayTls>, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(
+        address: String,
+        tls: Option<GatewayTls>,
+        settings: PoolSettings,
+        stats: Arc<GatewayMetrics>,
+    ) -> Arc<Self> {
         let pool = Arc::new(GatewayPool {
             address,
             tls,
             idle: Mutex::new(Vec::new()),
             shared_h2: Mutex::new(None),
             settings,
+            stats,
         });
         spawn_reaper(Arc::downgrade(&pool), settings.idle_timeout);
         pool
@@ -88,20 +115,15 @@ impl GatewayPool {
     /// The shared h2 connection, a live idle one, or a new one.
     pub async fn checkout(&self) -> Result<PooledConn, ProxyError> {
         if let Some(sender) = self.live_h2() {
-            return Ok(PooledConn {
-                sender: Sender::Http2(sender),
-                reused: true,
-            });
+            return Ok(self.checked_out(Sender::Http2(sender), true));
         }
         while let Some(mut idle) = self.pop_idle() {
             // Resolves at once on a live connection; fails on one the
             // gateway closed while it sat in the pool.
             if idle.sender.ready().await.is_ok() {
-                return Ok(PooledConn {
-                    sender: Sender::Http1(idle.sender, idle.received),
-                    reused: true,
-                });
+                return Ok(self.checked_out(Sender::Http1(idle.sender, idle.received), true));
             }
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
         self.connect().await
     }
@@ -132,6 +154,26 @@ impl GatewayPool {
                 received,
                 since: Instant::now(),
             });
+            self.stats.idle.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a retry on a fresh connection, for the metrics.
+    pub fn note_retry(&self) {
+        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn checked_out(&self, sender: Sender, reused: bool) -> PooledConn {
+        let counter = if reused {
+            &self.stats.reused
+        } else {
+            &self.stats.opened
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        PooledConn {
+            sender,
+            reused,
+            _in_use: InUse::new(&self.stats),
         }
     }
 
@@ -150,10 +192,7 @@ impl GatewayPool {
         if let Sender::Http2(shared) = &sender {
             *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
         }
-        Ok(PooledConn {
-            sender,
-            reused: false,
-        })
+        Ok(self.checked_out(sender, false))
     }
 
     async fn open(&self) -> Result<Sender, ProxyError> {
@@ -211,9 +250,11 @@ impl GatewayPool {
     fn pop_idle(&self) -> Option<IdleConn> {
         let mut idle = self.lock();
         while let Some(conn) = idle.pop() {
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
             if conn.since.elapsed() < self.settings.idle_timeout && !conn.sender.is_closed() {
                 return Some(conn);
             }
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
         None
     }
@@ -222,12 +263,17 @@ impl GatewayPool {
     /// the gateway, so that they do not hold sockets until next checkout.
     fn evict_expired(&self) {
         let timeout = self.settings.idle_timeout;
-        self.lock()
-            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        let mut idle = self.lock();
+        let before = idle.len();
+        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        let evicted = (before - idle.len()) as u64;
+        self.stats.idle.fetch_sub(evicted as i64, Ordering::Relaxed);
+        self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
     }
 
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
+    /// This pool's figures, for the request's metrics.
+    pub fn stats(&self) -> &GatewayMetrics {
+        &self.stats
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
@@ -236,6 +282,14 @@ impl GatewayPool {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for GatewayPool {
+    /// A pool replaced by a config reload takes its idle connections with it.
+    fn drop(&mut self) {
+        let idle = self.lock().len() as i64;
+        self.stats.idle.fetch_sub(idle, Ordering::Relaxed);
     }
 }
 

@@ -20,7 +20,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::connection::{self, ConnTimeouts};
-use crate::state::{Shared, State};
+use crate::metrics::Registry;
+use crate::metrics_endpoint;
+use crate::state::{Shared, State, StateCell};
 use crate::tls_server::{self, ListenerTls};
 
 /// Pending connections the kernel may queue per listener before `accept`:
@@ -35,12 +37,22 @@ const H2_MAX_PENDING_RESETS: usize = 64;
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<std::net::TcpListener>,
+    metrics_listener: Option<std::net::TcpListener>,
+    common: Arc<Common>,
+}
+
+/// Applies a new config to running workers (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
     common: Arc<Common>,
 }
 
 /// What every worker shares.
 struct Common {
-    shared: Arc<Shared>,
+    /// The current settings; a reload sends new ones and every worker
+    /// builds its own state (and pools) from them.
+    shared: watch::Sender<Arc<Shared>>,
+    registry: Arc<Registry>,
     tls: Option<Arc<ListenerTls>>,
     builder: auto::Builder<TokioExecutor>,
     timeouts: ConnTimeouts,
@@ -55,12 +67,21 @@ impl Server {
     /// `tls` is given. Needs a tokio runtime to bind in. The error is one
     /// line naming the key at fault.
     pub fn bind(config: &Config, tls: Option<Arc<ListenerTls>>) -> Result<Server, String> {
-        let shared = Shared::new(config)?;
+        let registry = Arc::new(Registry::default());
+        let shared = Shared::new(config, registry.clone())?;
         let listeners = listen_all(config.listen, config.workers)
             .map_err(|e| format!("cannot listen on {} (key `listen`): {e}", config.listen))?;
+        let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
+            (true, Some(addr)) => Some(
+                listen(addr)
+                    .map_err(|e| format!("cannot listen on {addr} (key `metrics.listen`): {e}"))?,
+            ),
+            _ => None,
+        };
 
         let common = Common {
-            shared: Arc::new(shared),
+            shared: watch::Sender::new(Arc::new(shared)),
+            registry,
             tls,
             builder: http_builder(config),
             timeouts: ConnTimeouts {
@@ -73,6 +94,7 @@ impl Server {
         };
         Ok(Server {
             listeners,
+            metrics_listener,
             common: Arc::new(common),
         })
     }
@@ -81,12 +103,28 @@ impl Server {
         self.listeners[0].local_addr()
     }
 
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
+    }
+
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            common: self.common.clone(),
+        }
+    }
+
     /// Serves until `shutdown` resolves, then lets open connections finish
     /// their requests for up to `timeouts.shutdown_grace_ms`. The first
     /// worker runs on the calling thread's runtime, the others on threads
     /// of their own.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(metrics_endpoint::serve(
+                listener,
+                self.common.registry.clone(),
+            ));
+        }
         let mut listeners = self.listeners.into_iter();
         let Some(first) = listeners.next() else {
             return;
@@ -150,7 +188,10 @@ async fn worker(
             return;
         }
     };
-    let state = Arc::new(State::for_worker(common.shared.clone()));
+    let metrics = common.registry.worker();
+    let mut settings = common.shared.subscribe();
+    let current = settings.borrow_and_update().clone();
+    let state = Arc::new(StateCell::new(State::for_worker(current, metrics.clone())));
     // This worker's connections, so that it waits for its own before its
     // runtime, and their tasks with it, goes away.
     let mine = Arc::new(Semaphore::new(common.max_connections));
@@ -158,6 +199,12 @@ async fn worker(
     while !*stop.borrow() {
         tokio::select! {
             _ = stop.changed() => break,
+            Ok(()) = settings.changed() => {
+                // New requests see the new settings; requests in flight
+                // keep the state they started with, and its pools.
+                let fresh = settings.borrow_and_update().clone();
+                state.store(State::for_worker(fresh, metrics.clone()));
+            }
             accepted = listener.accept() => admit(accepted, &common, &state, &mine, &stop).await,
         }
     }
@@ -168,7 +215,7 @@ async fn worker(
 async fn admit(
     accepted: std::io::Result<(TcpStream, SocketAddr)>,
     common: &Arc<Common>,
-    state: &Arc<State>,
+    state: &Arc<StateCell>,
     mine: &Arc<Semaphore>,
     stop: &watch::Receiver<bool>,
 ) {
@@ -200,13 +247,49 @@ async fn admit(
         match &common.tls {
             None => connection::serve(stream, state, builder, timeouts, stop).await,
             Some(tls) => {
-                if let Some(stream) = tls_server::accept(tls, stream).await {
+                if let Some(stream) = tls_server::accept(tls, stream, &common.registry).await {
                     connection::serve(stream, state, builder, timeouts, stop).await;
                 }
             }
         }
         drop((slot, tracked));
     });
+}
+
+impl Reloader {
+    /// Hands `config`'s users, gateways, limits and timeouts to every
+    /// worker, and reloads the listener's certificates. Returns the keys
+    /// that changed but only take effect on restart. On error nothing
+    /// changed.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, String> {
+        let shared = Shared::new(config, self.common.registry.clone())?;
+        match (&self.common.tls, &config.tls) {
+            (Some(tls), Some(new)) => tls.reload(new)?,
+            (None, None) => {}
+            _ => return Err("turning TLS on or off needs a restart".into()),
+        }
+        self.common.shared.send_replace(Arc::new(shared));
+        Ok(self.restart_only_changes(config))
+    }
+
+    /// Settings fixed when the listeners and connection builder were made.
+    fn restart_only_changes(&self, config: &Config) -> Vec<&'static str> {
+        let common = &self.common;
+        let mut keys = Vec::new();
+        if config.limits.max_connections != common.max_connections {
+            keys.push("limits.max_connections");
+        }
+        if config.timeouts.request_header != common.timeouts.header {
+            keys.push("timeouts.request_header_ms");
+        }
+        if config.timeouts.idle != common.timeouts.idle {
+            keys.push("timeouts.idle_ms");
+        }
+        if config.timeouts.shutdown_grace != common.grace {
+            keys.push("timeouts.shutdown_grace_ms");
+        }
+        keys
+    }
 }
 
 /// Waits until every connection task of this worker has returned its permit.

@@ -5,6 +5,8 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use std::time::Instant;
+
 use tracing::debug;
 
 use crate::envelope;
@@ -12,6 +14,8 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::forward::forward;
 use crate::gateway_match::parse_target;
 use crate::gateway_request::GatewayRequest;
+use crate::metrics::{Registry, Route};
+use crate::observe::{self, Trace, X_REQUEST_ID};
 use crate::proxy_request;
 use crate::state::State;
 
@@ -25,45 +29,91 @@ const HELLO: &str = concat!(
 /// Answers one request. Every failure becomes the Dashboard's error
 /// envelope here, through [`ProxyError::into_response`].
 pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route(state, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            debug!(
-                status = error.status().as_u16(),
-                detail = error.detail(),
-                "request failed"
-            );
-            error.into_response()
-        }
+    let started = Instant::now();
+    let route = route_of(request.uri().path());
+    let request_id = state
+        .request_ids
+        .for_request(request.headers().get(X_REQUEST_ID));
+
+    let mut trace = Trace::default();
+    let result = answer(state, route, request, &request_id, &mut trace).await;
+    let mut response = result.unwrap_or_else(|error| {
+        debug!(
+            status = error.status().as_u16(),
+            detail = error.detail(),
+            "request failed"
+        );
+        error.into_response()
+    });
+
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, request_id.clone());
+    observe::finish(state, route, &response, &trace, started, &request_id);
+    response
+}
+
+fn route_of(path: &str) -> Route {
+    match path {
+        "/api/proxy" => Route::Proxy,
+        "/hello" => Route::Hello,
+        "/metrics" => Route::Metrics,
+        _ => Route::Other,
     }
 }
 
-async fn route(
-    state: &State,
+async fn answer<'s>(
+    state: &'s State,
+    route: Route,
     request: Request<Incoming>,
+    request_id: &HeaderValue,
+    trace: &mut Trace<'s>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
-    match (request.uri().path(), request.method()) {
-        ("/api/proxy", &Method::POST) => proxy(state, request).await,
-        ("/api/proxy", _) => Err(ProxyError::bare(ErrorKind::MethodNotAllowed("POST"))),
-        ("/hello", &Method::GET | &Method::HEAD) => {
+    let method = request.method();
+    match route {
+        Route::Proxy if method == Method::POST => proxy(state, request, request_id, trace).await,
+        Route::Proxy => Err(ProxyError::bare(ErrorKind::MethodNotAllowed("POST"))),
+        Route::Hello if method == Method::GET || method == Method::HEAD => {
             Ok(json_response(Bytes::from_static(HELLO.as_bytes())))
         }
-        ("/hello", _) => Err(ProxyError::bare(ErrorKind::MethodNotAllowed("GET, HEAD"))),
-        _ => Err(ProxyError::bare(ErrorKind::NotFound)),
+        Route::Hello => Err(ProxyError::bare(ErrorKind::MethodNotAllowed("GET, HEAD"))),
+        Route::Metrics if state.shared.metrics_on_main => {
+            metrics_response(&state.shared.registry, method)
+        }
+        Route::Metrics | Route::Other => Err(ProxyError::bare(ErrorKind::NotFound)),
     }
 }
 
-async fn proxy(
-    state: &State,
+/// `GET /metrics`, on the main listener or on `metrics.listen`.
+pub fn metrics_response(
+    registry: &Registry,
+    method: &Method,
+) -> Result<Response<Full<Bytes>>, ProxyError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ProxyError::bare(ErrorKind::MethodNotAllowed("GET, HEAD")));
+    }
+    let mut response = Response::new(Full::new(Bytes::from(registry.render())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+async fn proxy<'s>(
+    state: &'s State,
     request: Request<Incoming>,
+    request_id: &HeaderValue,
+    trace: &mut Trace<'s>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
     let shared = &state.shared;
+    let _counted = state.metrics.in_flight();
 
     // Shed before any work, so that an overload costs almost nothing.
-    let _permit = shared
-        .in_flight
-        .try_acquire()
-        .map_err(|_| ProxyError::bare(ErrorKind::Busy))?;
+    let Ok(_permit) = shared.in_flight.try_acquire() else {
+        state.metrics.shed();
+        return Err(ProxyError::bare(ErrorKind::Busy));
+    };
 
     // Authenticate before reading the body: strangers cannot make gwproxy
     // buffer anything.
@@ -71,20 +121,29 @@ async fn proxy(
         .users
         .authenticate(request.headers().get(AUTHORIZATION))
         .ok_or_else(|| ProxyError::bare(ErrorKind::Unauthorized))?;
+    trace.user = Some(&user.name);
 
     let body = read_body(state, request).await?;
+    trace.request_bytes = body.len();
     let parsed = proxy_request::parse(&body, shared.limits.max_header_count)?;
+    trace.method = Some(parsed.method.clone());
     let target = parse_target(&parsed.url).map_err(ProxyError::bad_request)?;
-    let (gateway, pool) = state.match_gateway(&target, user)?;
+    let (index, gateway, pool) = state.match_gateway(&target, user)?;
+    (trace.gateway, trace.gateway_index) = (Some(gateway), Some(index));
 
-    let outgoing = GatewayRequest::build(parsed, &body, &target, &gateway.authority)?;
+    let mut outgoing = GatewayRequest::build(parsed, &body, &target, &gateway.authority)?;
+    outgoing.set_request_id(request_id);
+    let sent = Instant::now();
     let answer = forward(
         pool,
         outgoing,
         shared.timeouts.response,
         shared.limits.max_response_body_bytes,
     )
-    .await?;
+    .await;
+    trace.gateway_time = sent.elapsed();
+    let answer = answer?;
+    trace.gateway_status = Some(answer.status);
 
     let wrapped = envelope::build(answer.status, &answer.headers, &answer.body);
     Ok(json_response(Bytes::from(wrapped)))

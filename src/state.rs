@@ -1,6 +1,7 @@
 //! What requests read: settings shared by all workers, and each worker's own pools.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::Semaphore;
 
@@ -8,6 +9,8 @@ use crate::auth::{User, Users};
 use crate::config::{Config, GatewayConfig, Limits, Timeouts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway_match::{GatewayTarget, Scheme, TargetUrl};
+use crate::metrics::{Registry, Route, WorkerMetrics};
+use crate::observe::RequestIds;
 use crate::pool::{GatewayPool, GatewayTls, PoolSettings};
 use crate::tls_client;
 
@@ -23,11 +26,20 @@ pub struct Shared {
     /// atomic operation: shedding costs no lock.
     pub in_flight: Semaphore,
     pool: PoolSettings,
+    /// Kept across reloads, so counters never reset.
+    pub registry: Arc<Registry>,
+    /// `GET /metrics` on the main listener (`metrics.enabled` without
+    /// `metrics.listen`).
+    pub metrics_on_main: bool,
+    /// Every n-th request is access-logged; `None` when the log is off.
+    access_log_every: Option<u64>,
 }
 
 /// A configured gateway: where it is and who may reach it.
 #[derive(Debug)]
 pub struct Gateway {
+    /// As written in the config: the gateway's name in metrics and logs.
+    pub url: String,
     pub target: GatewayTarget,
     pub org_id: Option<String>,
     /// The `Host` header value sent when the caller gives none.
@@ -45,11 +57,14 @@ pub struct State {
     pub shared: Arc<Shared>,
     /// In the same order as `shared.gateways`.
     pools: Vec<Arc<GatewayPool>>,
+    pub metrics: Arc<WorkerMetrics>,
+    pub request_ids: RequestIds,
+    access_log_seq: AtomicU64,
 }
 
 impl Shared {
     /// Fails, naming the key, when a gateway's TLS files are unusable.
-    pub fn new(config: &Config) -> Result<Shared, String> {
+    pub fn new(config: &Config, registry: Arc<Registry>) -> Result<Shared, String> {
         let gateways = config
             .gateways
             .iter()
@@ -68,19 +83,50 @@ impl Shared {
                 idle_timeout: config.pool.idle_timeout,
                 connect_timeout: config.timeouts.connect,
             },
+            registry,
+            metrics_on_main: config.metrics.enabled && config.metrics.listen.is_none(),
+            // A sample rate r logs every (1/r)-th request: deterministic,
+            // and no random numbers on the hot path.
+            access_log_every: config
+                .log
+                .access_log
+                .then(|| (1.0 / config.log.access_log_sample).round().max(1.0) as u64),
         })
     }
 }
 
 impl State {
     /// Needs the worker's tokio runtime: each pool starts its eviction task.
-    pub fn for_worker(shared: Arc<Shared>) -> State {
+    pub fn for_worker(shared: Arc<Shared>, metrics: Arc<WorkerMetrics>) -> State {
         let pools = shared
             .gateways
             .iter()
-            .map(|g| GatewayPool::new(g.address.clone(), g.tls.clone(), shared.pool))
+            .map(|g| {
+                let stats = metrics.gateway(&g.url);
+                GatewayPool::new(g.address.clone(), g.tls.clone(), shared.pool, stats)
+            })
             .collect();
-        State { shared, pools }
+        State {
+            shared,
+            pools,
+            metrics,
+            request_ids: RequestIds::new(),
+            access_log_seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn pool(&self, index: usize) -> Option<&GatewayPool> {
+        self.pools.get(index).map(AsRef::as_ref)
+    }
+
+    /// Whether this request is one the access log samples. Only
+    /// `/api/proxy` requests are logged: health checks and scrapes would
+    /// drown them.
+    pub fn access_log_sampled(&self, route: Route) -> bool {
+        let Some(every) = self.shared.access_log_every else {
+            return false;
+        };
+        route == Route::Proxy && self.access_log_seq.fetch_add(1, Ordering::Relaxed) % every == 0
     }
 
     /// The first gateway, in config order, that contains `target` and that
@@ -91,14 +137,35 @@ impl State {
         &self,
         target: &TargetUrl,
         user: &User,
-    ) -> Result<(&Gateway, &GatewayPool), ProxyError> {
+    ) -> Result<(usize, &Gateway, &GatewayPool), ProxyError> {
         self.shared
             .gateways
             .iter()
             .zip(&self.pools)
-            .find(|(g, _)| g.target.matches(target) && org_allows(g, user))
-            .map(|(g, pool)| (g, pool.as_ref()))
+            .enumerate()
+            .find(|(_, (g, _))| g.target.matches(target) && org_allows(g, user))
+            .map(|(i, (g, pool))| (i, g, pool.as_ref()))
             .ok_or_else(|| ProxyError::bare(ErrorKind::Forbidden))
+    }
+}
+
+/// A worker's current [`State`], swapped whole on reload. Each request
+/// takes the Arc once, so it runs start to end on one state; the lock is
+/// this worker's alone and is held only to clone or swap.
+#[derive(Debug)]
+pub struct StateCell(RwLock<Arc<State>>);
+
+impl StateCell {
+    pub fn new(state: State) -> StateCell {
+        StateCell(RwLock::new(Arc::new(state)))
+    }
+
+    pub fn load(&self) -> Arc<State> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn store(&self, state: State) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
     }
 }
 
@@ -109,6 +176,7 @@ fn gateway(config: &GatewayConfig) -> Result<Gateway, String> {
         Scheme::Https => Some(gateway_tls(config)?),
     };
     Ok(Gateway {
+        url: config.url.clone(),
         target: target.clone(),
         org_id: config.org_id.clone(),
         authority: target.authority(),

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::config::TlsConfig;
 use crate::error::ProxyError;
+use crate::metrics::Registry;
 
 /// Sessions remembered for TLS 1.2 resumption by ID; TLS 1.3 and 1.2
 /// tickets need no server memory at all.
@@ -58,12 +59,14 @@ impl ListenerTls {
         })
     }
 
-    /// Re-reads the certificate files. New handshakes see the new
+    /// Reads the certificate files that `config` names (the same paths, or
+    /// new ones after a config reload). New handshakes see the new
     /// certificates; established connections keep theirs. On any error
-    /// the old certificates stay and the error is returned.
-    pub fn reload(&self) -> Result<(), String> {
+    /// the old certificates stay and the error is returned. The handshake
+    /// timeout stays as it was at start.
+    pub fn reload(&self, config: &TlsConfig) -> Result<(), String> {
         let provider = rustls::crypto::ring::default_provider();
-        let store = CertStore::load(&self.config, &provider)?;
+        let store = CertStore::load(config, &provider)?;
         let mut current = self
             .resolver
             .store
@@ -180,7 +183,21 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Completes the TLS handshake within `tls.handshake_timeout_ms`. A client
 /// that speaks plain HTTP to this port gets a readable 400 instead of a
 /// TLS alert it cannot show; one that stalls or fails is dropped.
-pub async fn accept(tls: &ListenerTls, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+pub async fn accept(
+    tls: &ListenerTls,
+    stream: TcpStream,
+    registry: &Registry,
+) -> Option<TlsStream<TcpStream>> {
+    let accepted = handshake(tls, stream).await;
+    let counter = match accepted {
+        Some(_) => &registry.tls_handshakes,
+        None => &registry.tls_handshake_failures,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    accepted
+}
+
+async fn handshake(tls: &ListenerTls, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
     let deadline = tokio::time::Instant::now() + tls.config.handshake_timeout;
 
     let mut first = [0u8; 1];

@@ -12,7 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway_match::GatewayTarget;
 
+mod env;
 mod read;
+
+pub use env::variable_for as env_variable_for;
 
 use read::{read_config, Problems};
 
@@ -33,6 +36,60 @@ pub struct Config {
     /// Key `workers`: event-loop threads, each with its own listening
     /// socket (`SO_REUSEPORT`) and gateway pools; default one per CPU.
     pub workers: usize,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Key `log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Key `log.level`: a `tracing` filter such as `info` or
+    /// `gwproxy=debug`; `RUST_LOG`, when set, wins. Default `info`.
+    pub level: String,
+    /// Key `log.format`: `text` for people (default) or `json` for collectors.
+    pub format: LogFormat,
+    /// Key `log.access_log`: one line per request. Default off.
+    pub access_log: bool,
+    /// Key `log.access_log_sample`: the share of requests logged, in (0, 1].
+    /// Default 1.
+    pub access_log_sample: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+            access_log: false,
+            access_log_sample: 1.0,
+        }
+    }
+}
+
+/// Key `metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Key `metrics.enabled`, default true: `GET /metrics` in Prometheus
+    /// text format.
+    pub enabled: bool,
+    /// Key `metrics.listen`: serve `/metrics` on this address instead of
+    /// the main listener (which then answers it 404). Default none.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            enabled: true,
+            listen: None,
+        }
+    }
 }
 
 impl Config {
@@ -245,6 +302,12 @@ impl ConfigProblem {
     }
 }
 
+/// Reads `GWPROXY_<KEY>` from the process environment; an unset or
+/// non-UTF-8 variable is no override.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
@@ -259,8 +322,18 @@ impl Config {
     /// Parses the JSON text. Collects every problem (does not stop at the first) and
     /// returns them all.
     pub fn from_json(text: &str) -> Result<Config, Vec<ConfigProblem>> {
-        let value: Value = serde_json::from_str(text)
+        Config::from_json_with_env(text, &|_| None)
+    }
+
+    /// [`Config::from_json`] with `GWPROXY_<KEY>` overrides looked up by
+    /// `lookup` (see `config/env.rs`).
+    pub fn from_json_with_env(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigProblem>> {
+        let mut value: Value = serde_json::from_str(text)
             .map_err(|error| vec![ConfigProblem::new("", format!("not valid JSON: {error}"))])?;
+        env::apply(&mut value, lookup);
 
         let mut problems = Problems::default();
         match read_config(&value, &mut problems) {
@@ -277,35 +350,20 @@ impl Config {
             let file = path.display().to_string();
             vec![ConfigProblem::new(&file, format!("cannot read: {error}"))]
         })?;
-        Config::from_json(&text)
+        Config::from_json_with_env(&text, &process_env)
     }
 
-    /// The built-in default: listen 127.0.0.1:3000, one gateway http://127.0.0.1:8181, one
-    /// user named "default" (no org) whose secret is the given string.
-    pub fn builtin(secret: &str) -> Config {
-        // A constant that the builtin test parses, so this cannot fail at run time.
-        let target = GatewayTarget::parse(Config::BUILTIN_GATEWAY).expect("built-in URL is valid");
-        Config {
-            listen: Config::DEFAULT_LISTEN,
-            tls: None,
-            users: vec![UserConfig {
-                name: "default".to_owned(),
-                org_id: None,
-                secret: SecretDigest::of(secret.as_bytes()),
-            }],
-            gateways: vec![GatewayConfig {
-                url: Config::BUILTIN_GATEWAY.to_owned(),
-                target,
-                org_id: None,
-                ca_file: None,
-                client_cert: None,
-                insecure_skip_verify: false,
-            }],
-            limits: Limits::default(),
-            timeouts: Timeouts::default(),
-            pool: PoolConfig::default(),
-            workers: Config::default_workers(),
-        }
+    /// The built-in default: listen 127.0.0.1:3000, one gateway
+    /// http://127.0.0.1:8181, one user named "default" (no org) whose secret
+    /// is the given string; `GWPROXY_<KEY>` overrides apply.
+    pub fn builtin(secret: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let text = serde_json::json!({
+            "listen": Config::DEFAULT_LISTEN.to_string(),
+            "users": [{ "name": "default", "secret": secret }],
+            "gateways": [{ "url": Config::BUILTIN_GATEWAY }],
+        })
+        .to_string();
+        Config::from_json_with_env(&text, &process_env)
     }
 }
 
@@ -611,8 +669,51 @@ mod tests {
     }
 
     #[test]
+    fn reads_log_and_metrics_sections_and_refuses_bad_values() {
+        let config = Config::from_json(&with_gateway(
+            r#", "log": { "level": "debug", "format": "json", "access_log": true,
+                 "access_log_sample": 0.25 },
+               "metrics": { "listen": "127.0.0.1:9100" }"#,
+        ))
+        .expect("valid");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert!(config.log.access_log);
+        assert_eq!(config.log.access_log_sample, 0.25);
+        assert!(config.metrics.enabled);
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+
+        let paths = paths_of(&with_gateway(
+            r#", "log": { "format": "xml", "access_log_sample": 0 }, "metrics": { "enabled": 1 }"#,
+        ));
+        assert_eq!(
+            paths,
+            ["log.format", "log.access_log_sample", "metrics.enabled"]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_keys_before_validation() {
+        let text = with_gateway("");
+        let env = |name: &str| match name {
+            "GWPROXY_TIMEOUTS_RESPONSE_MS" => Some("1234".to_owned()),
+            "GWPROXY_LIMITS_MAX_CONNECTIONS" => Some("lots".to_owned()),
+            _ => None,
+        };
+        let problems = Config::from_json_with_env(&text, &env).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "limits.max_connections");
+
+        let env = |name: &str| (name == "GWPROXY_TIMEOUTS_RESPONSE_MS").then(|| "1234".to_owned());
+        let config = Config::from_json_with_env(&text, &env).expect("valid");
+        assert_eq!(config.timeouts.response, Duration::from_millis(1234));
+    }
+
+    #[test]
     fn builtin_config_has_the_dashboard_port_one_gateway_and_one_user() {
-        let config = Config::builtin("s3cret");
+        let config = Config::builtin("s3cret").expect("the built-in config is valid");
 
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert!(config.tls.is_none());

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{
-    Config, ConfigProblem, GatewayConfig, Limits, PoolConfig, SecretDigest, SniCertificate,
-    Timeouts, TlsConfig, UserConfig,
+    Config, ConfigProblem, GatewayConfig, Limits, LogConfig, LogFormat, MetricsConfig, PoolConfig,
+    SecretDigest, SniCertificate, Timeouts, TlsConfig, UserConfig,
 };
 use crate::gateway_match::GatewayTarget;
 
@@ -25,7 +25,7 @@ const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
 type Field<'v> = Option<(&'v Value, String)>;
 
 const TOP_KEYS: &[&str] = &[
-    "listen", "tls", "users", "gateways", "limits", "timeouts", "pool", "workers",
+    "listen", "tls", "users", "gateways", "limits", "timeouts", "pool", "workers", "log", "metrics",
 ];
 
 pub(super) fn read_config(value: &Value, problems: &mut Problems) -> Option<Config> {
@@ -39,7 +39,59 @@ pub(super) fn read_config(value: &Value, problems: &mut Problems) -> Option<Conf
         timeouts: read_timeouts(top.get("timeouts"), problems),
         pool: read_pool(top.get("pool"), problems),
         workers: read_workers(top.get("workers"), problems),
+        log: read_log(top.get("log"), problems),
+        metrics: read_metrics(top.get("metrics"), problems),
     })
+}
+
+fn read_log(field: Field, problems: &mut Problems) -> LogConfig {
+    let mut log = LogConfig::default();
+    let Some((value, path)) = field else {
+        return log;
+    };
+    let keys = &["level", "format", "access_log", "access_log_sample"];
+    let Some(object) = problems.object(value, &path, keys) else {
+        return log;
+    };
+    if let Some(level) = problems.optional_string(&object, "level") {
+        match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(_) => log.level = level.to_owned(),
+            Err(e) => problems.add(&join(&path, "level"), format!("not a log filter: {e}")),
+        }
+    }
+    match problems.optional_string(&object, "format") {
+        None => {}
+        Some("text") => log.format = LogFormat::Text,
+        Some("json") => log.format = LogFormat::Json,
+        Some(_) => problems.add(&join(&path, "format"), "expected \"text\" or \"json\""),
+    }
+    if let Some((value, path)) = object.get("access_log") {
+        log.access_log = problems.boolean(value, &path).unwrap_or(false);
+    }
+    if let Some((value, path)) = object.get("access_log_sample") {
+        match value.as_f64() {
+            Some(rate) if rate > 0.0 && rate <= 1.0 => log.access_log_sample = rate,
+            _ => problems.add(&path, "expected a number above 0 and at most 1"),
+        }
+    }
+    log
+}
+
+fn read_metrics(field: Field, problems: &mut Problems) -> MetricsConfig {
+    let mut metrics = MetricsConfig::default();
+    let Some((value, path)) = field else {
+        return metrics;
+    };
+    let Some(object) = problems.object(value, &path, &["enabled", "listen"]) else {
+        return metrics;
+    };
+    if let Some((value, path)) = object.get("enabled") {
+        metrics.enabled = problems.boolean(value, &path).unwrap_or(true);
+    }
+    if let Some((value, path)) = object.get("listen") {
+        metrics.listen = Some(read_listen(Some((value, path)), problems));
+    }
+    metrics
 }
 
 /// More threads than this only add contention on any machine gwproxy runs on.
