@@ -21,11 +21,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::observed_io::{Observed, ReadObserver};
+use crate::observed_io::{IoObserver, Observed};
 use crate::service;
 use crate::state::StateCell;
 
-/// The HTTP/2 connection preface (RFC 9113 section 3.4) starts this way.
+/// The HTTP/2 connection preface (RFC 9113 section 3.4) starts this way:
+/// far enough to tell it from any HTTP/1 method, `PUT` and `POST` included.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// The two client-side timers this module enforces.
@@ -87,6 +88,13 @@ pub async fn serve<I>(
                         conn.as_mut().graceful_shutdown();
                         draining = true;
                     }
+                    // Still nothing moved after a polite close: a client
+                    // that reads no response (or holds its h2 window at
+                    // zero) would otherwise hold it in memory forever.
+                    Some(Expiry::Idle) => {
+                        debug!("response stalled past the idle timeout; closing the connection");
+                        return;
+                    }
                     _ => {}
                 }
                 timer.as_mut().reset(activity.next_check());
@@ -124,6 +132,9 @@ struct Activity {
     /// When the current phase began, in milliseconds since `start`.
     since_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// How much of [`H2_PREFACE_START`] a fresh connection has sent so far:
+    /// a client may send its first bytes one at a time.
+    preface_seen: AtomicU8,
     /// HTTP/2 connections have no per-request head phase: their reads are
     /// frames of any kind, pings included.
     h2: std::sync::atomic::AtomicBool,
@@ -137,6 +148,7 @@ impl Activity {
             phase: AtomicU8::new(FRESH),
             since_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            preface_seen: AtomicU8::new(0),
             h2: std::sync::atomic::AtomicBool::new(false),
             timeouts,
         }
@@ -197,23 +209,41 @@ impl Activity {
     }
 }
 
-impl ReadObserver for Activity {
+impl IoObserver for Activity {
     /// Bytes arrived. On an idle HTTP/1 connection they start a request
     /// head, and its timer.
     fn on_read(&self, bytes: &[u8]) {
         match self.phase.load(Ordering::Acquire) {
-            FRESH => {
-                let n = bytes.len().min(H2_PREFACE_START.len());
-                if bytes[..n] == H2_PREFACE_START[..n] {
-                    self.h2.store(true, Ordering::Relaxed);
-                    self.enter(IDLE);
-                } else {
-                    // Keep the accept time: the first head is timed from it.
-                    self.phase.store(HEAD, Ordering::Release);
-                }
-            }
+            FRESH => self.on_first_bytes(bytes),
             IDLE if !self.h2.load(Ordering::Relaxed) => self.enter(HEAD),
             _ => {}
+        }
+    }
+
+    /// A response is still moving: an idle connection is not idle yet.
+    fn on_write(&self, _written: usize) {
+        if self.phase.load(Ordering::Acquire) == IDLE {
+            self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Activity {
+    /// Tells an h2 preface from an HTTP/1 head, however the first bytes
+    /// are split across reads. Until it is told the connection stays
+    /// FRESH, timed by the header timeout from its accept.
+    fn on_first_bytes(&self, bytes: &[u8]) {
+        let seen = usize::from(self.preface_seen.load(Ordering::Relaxed));
+        let expected = &H2_PREFACE_START[seen..];
+        let n = bytes.len().min(expected.len());
+        if bytes[..n] != expected[..n] {
+            // Keep the accept time: the first head is timed from it.
+            self.phase.store(HEAD, Ordering::Release);
+        } else if n == expected.len() {
+            self.h2.store(true, Ordering::Relaxed);
+            self.enter(IDLE);
+        } else {
+            self.preface_seen.store((seen + n) as u8, Ordering::Relaxed);
         }
     }
 }
@@ -248,6 +278,41 @@ mod tests {
         assert_eq!(a.expired(), None);
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(a.expired(), Some(Expiry::Header));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_sent_a_byte_at_a_time_is_not_taken_for_h2() {
+        let a = activity();
+        for byte in b"PR" {
+            a.on_read(&[*byte]);
+        }
+        assert!(!a.h2.load(Ordering::Relaxed));
+        a.on_read(b"OST / HTTP/1.1\r\n");
+        assert!(!a.h2.load(Ordering::Relaxed));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(a.expired(), Some(Expiry::Header));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_preface_split_across_reads_is_h2() {
+        let a = activity();
+        a.on_read(b"PRI * ");
+        a.on_read(b"HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(a.h2.load(Ordering::Relaxed));
+        assert_eq!(a.phase.load(Ordering::Acquire), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_keep_an_idle_connection_alive() {
+        let a = activity();
+        a.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        drop(a.begin_request());
+        tokio::time::advance(Duration::from_secs(50)).await;
+        a.on_write(4096);
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(a.expired(), None);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(a.expired(), Some(Expiry::Idle));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,4 +1,4 @@
-//! A stream wrapper that reports every successful read, for timers and counters.
+//! A stream wrapper that reports every successful read and write, for timers and counters.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,9 +7,13 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Told about the bytes of each read that returned some.
-pub trait ReadObserver {
+/// Told about the bytes of each read that returned some, and of each
+/// write that took some.
+pub trait IoObserver {
     fn on_read(&self, bytes: &[u8]);
+
+    /// Most observers only care what arrives.
+    fn on_write(&self, _written: usize) {}
 }
 
 /// Counts the bytes a stream has received.
@@ -22,13 +26,13 @@ impl ByteCount {
     }
 }
 
-impl ReadObserver for ByteCount {
+impl IoObserver for ByteCount {
     fn on_read(&self, bytes: &[u8]) {
         self.0.fetch_add(bytes.len() as u64, Ordering::Release);
     }
 }
 
-/// `inner`, with reads reported to `observer`; writes pass straight through.
+/// `inner`, with reads and writes reported to `observer`.
 pub struct Observed<I, O> {
     inner: I,
     observer: Arc<O>,
@@ -40,7 +44,7 @@ impl<I, O> Observed<I, O> {
     }
 }
 
-impl<I: AsyncRead + Unpin, O: ReadObserver> AsyncRead for Observed<I, O> {
+impl<I: AsyncRead + Unpin, O: IoObserver> AsyncRead for Observed<I, O> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -58,13 +62,25 @@ impl<I: AsyncRead + Unpin, O: ReadObserver> AsyncRead for Observed<I, O> {
     }
 }
 
-impl<I: AsyncWrite + Unpin, O> AsyncWrite for Observed<I, O> {
+impl<I, O: IoObserver> Observed<I, O> {
+    fn report_write(&self, result: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(written)) = result {
+            if *written > 0 {
+                self.observer.on_write(*written);
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Observed<I, O> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.report_write(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -72,7 +88,9 @@ impl<I: AsyncWrite + Unpin, O> AsyncWrite for Observed<I, O> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.report_write(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -343,6 +343,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         // connection.rs times request heads and idle keep-alive itself.
         .header_read_timeout(None)
+        // A client may send its request and then shut down its write side
+        // (RFC 9112 section 9.6 lets it): it still gets its response.
+        .half_close(true)
         .max_headers(limits.max_header_count)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
