@@ -3,7 +3,8 @@
 use base64::Engine as _;
 use http::header::TRANSFER_ENCODING;
 use http::{HeaderMap, StatusCode};
-use serde::de::IgnoredAny;
+
+use crate::json_check::is_json;
 
 /// Writes `{"status_code":…,"headers":{…},"body":…}` for a gateway response.
 ///
@@ -102,12 +103,6 @@ fn write_body(out: &mut Vec<u8>, body: &[u8]) -> bool {
         write_json_str(out, text);
     }
     false
-}
-
-/// Validates without building a value. serde_json's recursion limit keeps
-/// deeply nested input from exhausting the stack; such input becomes a string.
-pub fn is_json(body: &[u8]) -> bool {
-    serde_json::from_slice::<IgnoredAny>(body).is_ok()
 }
 
 /// Header values are bytes; anything that is not UTF-8 (obs-text, RFC 9110
