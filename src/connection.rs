@@ -29,6 +29,10 @@ use crate::state::StateCell;
 /// far enough to tell it from any HTTP/1 method, `PUT` and `POST` included.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
+/// How often a connection that has sent nothing yet is looked at during
+/// shutdown; only then.
+const FIRST_BYTES_POLL: Duration = Duration::from_millis(5);
+
 /// The two client-side timers this module enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnTimeouts {
@@ -63,10 +67,9 @@ pub async fn serve<I>(
 
     let mut conn = pin!(builder.serve_connection(io, service));
     let mut timer = pin!(tokio::time::sleep_until(activity.deadline()));
-    let mut draining = *shutdown.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    }
+    let mut draining = false;
+    let mut stop_when_started = *shutdown.borrow();
+    let mut first_bytes = pin!(tokio::time::sleep(FIRST_BYTES_POLL));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -99,9 +102,21 @@ pub async fn serve<I>(
                 }
                 timer.as_mut().reset(activity.next_check());
             }
-            _ = shutdown.changed(), if !draining => {
-                conn.as_mut().graceful_shutdown();
-                draining = true;
+            _ = shutdown.changed(), if !draining && !stop_when_started => {
+                stop_when_started = true;
+            }
+            // A connection accepted just before shutdown most likely has
+            // its request on the way: closing it before its first byte
+            // (which hyper-util does while it tells HTTP/1 from h2) would
+            // fail that request, so the close waits for the first bytes,
+            // or the header timeout.
+            _ = first_bytes.as_mut(), if stop_when_started && !draining => {
+                if activity.phase.load(Ordering::Acquire) == FRESH {
+                    first_bytes.as_mut().reset(Instant::now() + FIRST_BYTES_POLL);
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
             }
         }
     }

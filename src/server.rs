@@ -60,6 +60,9 @@ struct Common {
     connections: Arc<Semaphore>,
     max_connections: usize,
     grace: Duration,
+    /// The config the listeners, builder and logging were made from: a
+    /// reload compares its restart-only keys against it.
+    started: Config,
 }
 
 impl Server {
@@ -91,6 +94,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             max_connections: config.limits.max_connections,
             grace: config.timeouts.shutdown_grace,
+            started: config.clone(),
         };
         Ok(Server {
             listeners,
@@ -208,8 +212,30 @@ async fn worker(
             accepted = listener.accept() => admit(accepted, &common, &state, &mine, &stop).await,
         }
     }
+    accept_backlog(&listener, &common, &state, &mine, &stop).await;
     drop(listener);
     drain(&mine, common.max_connections, common.grace).await;
+}
+
+/// Takes the connections the kernel has already completed for this
+/// listener: closing a listener resets them, and with `SO_REUSEPORT` they
+/// were meant for this process, not for the one taking over. (Linux's
+/// `net.ipv4.tcp_migrate_req=1` also moves the few that arrive between
+/// this and the close; README "Running many instances".)
+async fn accept_backlog(
+    listener: &TcpListener,
+    common: &Arc<Common>,
+    state: &Arc<StateCell>,
+    mine: &Arc<Semaphore>,
+    stop: &watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            accepted = listener.accept() => admit(accepted, common, state, mine, stop).await,
+            () = std::future::ready(()) => return,
+        }
+    }
 }
 
 async fn admit(
@@ -262,34 +288,65 @@ impl Reloader {
     /// that changed but only take effect on restart. On error nothing
     /// changed.
     pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, String> {
-        let shared = Shared::new(config, self.common.registry.clone())?;
+        let mut shared = Shared::new(config, self.common.registry.clone())?;
         match (&self.common.tls, &config.tls) {
             (Some(tls), Some(new)) => tls.reload(new)?,
             (None, None) => {}
             _ => return Err("turning TLS on or off needs a restart".into()),
         }
-        self.common.shared.send_replace(Arc::new(shared));
-        Ok(self.restart_only_changes(config))
-    }
 
-    /// Settings fixed when the listeners and connection builder were made.
-    fn restart_only_changes(&self, config: &Config) -> Vec<&'static str> {
-        let common = &self.common;
-        let mut keys = Vec::new();
-        if config.limits.max_connections != common.max_connections {
-            keys.push("limits.max_connections");
+        // What belongs to the process rather than to the settings: where
+        // /metrics is served, and, while the limit is the same, the
+        // permits of requests in flight, so that a reload never lets
+        // twice the limit run at once.
+        let old = self.common.shared.borrow().clone();
+        shared.metrics_on_main = old.metrics_on_main;
+        if shared.limits.max_concurrent_requests == old.limits.max_concurrent_requests {
+            shared.in_flight = old.in_flight.clone();
         }
-        if config.timeouts.request_header != common.timeouts.header {
-            keys.push("timeouts.request_header_ms");
-        }
-        if config.timeouts.idle != common.timeouts.idle {
-            keys.push("timeouts.idle_ms");
-        }
-        if config.timeouts.shutdown_grace != common.grace {
-            keys.push("timeouts.shutdown_grace_ms");
-        }
-        keys
+
+        self.common.shared.send_replace(Arc::new(shared));
+        Ok(restart_only_changes(&self.common.started, config))
     }
+}
+
+/// Keys whose new value waits for a restart: they shaped the listeners,
+/// the connection builder, the logger or the metrics endpoint.
+fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (started, new);
+    let handshake = |c: &Config| c.tls.as_ref().map(|t| t.handshake_timeout);
+    [
+        ("listen", a.listen != b.listen),
+        ("workers", a.workers != b.workers),
+        ("tls.handshake_timeout_ms", handshake(a) != handshake(b)),
+        (
+            "limits.max_connections",
+            a.limits.max_connections != b.limits.max_connections,
+        ),
+        (
+            "limits.max_header_count",
+            a.limits.max_header_count != b.limits.max_header_count,
+        ),
+        (
+            "limits.max_header_bytes",
+            a.limits.max_header_bytes != b.limits.max_header_bytes,
+        ),
+        (
+            "timeouts.request_header_ms",
+            a.timeouts.request_header != b.timeouts.request_header,
+        ),
+        ("timeouts.idle_ms", a.timeouts.idle != b.timeouts.idle),
+        (
+            "timeouts.shutdown_grace_ms",
+            a.timeouts.shutdown_grace != b.timeouts.shutdown_grace,
+        ),
+        ("log.level", a.log.level != b.log.level),
+        ("log.format", a.log.format != b.log.format),
+        ("metrics", a.metrics != b.metrics),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Waits until every connection task of this worker has returned its permit.

@@ -24,7 +24,7 @@ pub struct Shared {
     /// One permit per request being proxied, across all workers
     /// (`limits.max_concurrent_requests`). `try_acquire` is a single
     /// atomic operation: shedding costs no lock.
-    pub in_flight: Semaphore,
+    pub in_flight: Arc<Semaphore>,
     pool: PoolSettings,
     /// Kept across reloads, so counters never reset.
     pub registry: Arc<Registry>,
@@ -77,7 +77,7 @@ impl Shared {
             gateways,
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
-            in_flight: Semaphore::new(config.limits.max_concurrent_requests),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             pool: PoolSettings {
                 max_idle: config.pool.max_idle_per_gateway,
                 idle_timeout: config.pool.idle_timeout,

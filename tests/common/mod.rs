@@ -48,6 +48,12 @@ impl Gwproxy {
 
     /// Starts gwproxy and waits until it logs its listening address.
     pub fn start(config: Value) -> Gwproxy {
+        Gwproxy::start_with_env(config, &[])
+    }
+
+    /// [`Gwproxy::start`] with extra environment variables (`GWPROXY_<KEY>`
+    /// overrides).
+    pub fn start_with_env(config: Value, vars: &[(&str, &str)]) -> Gwproxy {
         let config_path = temp_path("json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
 
@@ -56,6 +62,7 @@ impl Gwproxy {
             .arg(&config_path)
             .env("RUST_LOG", "gwproxy=info")
             .env_remove("GWPROXY_CONFIG")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -88,6 +95,11 @@ impl Gwproxy {
             config_path,
             stderr_lines: lines,
         }
+    }
+
+    /// The config file it was started with; rewrite it and send `HUP` to reload.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
     }
 
     pub fn pid(&self) -> u32 {
@@ -143,10 +155,14 @@ impl Drop for Gwproxy {
     }
 }
 
-/// Parses the address out of gwproxy's "gwproxy listening addr=…" line.
+/// Parses the address out of gwproxy's "gwproxy listening addr=…" line,
+/// or out of its JSON form when `log.format` is `json`.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("gwproxy listening") {
         return None;
+    }
+    if let Ok(json) = serde_json::from_str::<Value>(line) {
+        return json["fields"]["addr"].as_str()?.parse().ok();
     }
     let start = line.find("addr=")? + "addr=".len();
     let rest = &line[start..];
