@@ -8,7 +8,7 @@ SECRET := $(shell head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 endif
 GATEWAY ?= 127.0.0.1:8181
 
-.PHONY: all build release run run-tls certs test lint fmt clean bench
+.PHONY: all build release run run-tls certs test lint fmt clean bench fuzz soak schemathesis
 
 all: build
 
@@ -33,6 +33,7 @@ run: release
 ## test: every test, plus the lints CI holds the code to
 test: lint
 	$(CARGO) test --all-targets
+	bash tests/schemathesis.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -75,3 +76,25 @@ run-tls: release certs
 	echo "    -d '{\"method\":\"GET\",\"url\":\"http://$(GATEWAY)/test-oas/get\"}'"; \
 	echo; \
 	target/release/gwproxy --config target/run-tls.json
+
+## schemathesis: tests/openapi/gwproxy.yaml against a live debug gwproxy (also run by `make test`)
+schemathesis:
+	$(CARGO) build --bins
+	bash tests/schemathesis.sh
+
+## fuzz: each cargo-fuzz target in tests/fuzz for FUZZ_SECONDS (default 60); not part of `make test`.
+## cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= proxy_request gateway_match
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$target for $(FUZZ_SECONDS)s"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz $$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
+## soak: a release gwproxy under good and bad traffic for SOAK_SECONDS (default 600); not in CI
+SOAK_SECONDS ?= 600
+soak:
+	SOAK_SECONDS=$(SOAK_SECONDS) bash benches/soak.sh
