@@ -55,14 +55,16 @@ pub async fn serve<I>(
     let io = TokioIo::new(Observed::new(io, activity.clone()));
 
     let service_activity = activity.clone();
+    // The request's future is boxed: hyper keeps room for the service's
+    // future in every connection, idle or not, and gwproxy's is large.
     let service = service_fn(move |request| {
         let state = state.load();
         let guard = service_activity.begin_request();
-        async move {
+        Box::pin(async move {
             let response = service::handle(&state, request).await;
             drop(guard);
             Ok::<_, std::convert::Infallible>(response)
-        }
+        })
     });
 
     let mut conn = pin!(builder.serve_connection(io, service));

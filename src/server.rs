@@ -272,10 +272,15 @@ async fn admit(
         let timeouts = common.timeouts;
         match &common.tls {
             None => connection::serve(stream, state, builder, timeouts, stop).await,
+            // Boxed, so that a plain connection's task is not sized for
+            // a TLS stream it never holds.
             Some(tls) => {
-                if let Some(stream) = tls_server::accept(tls, stream, &common.registry).await {
-                    connection::serve(stream, state, builder, timeouts, stop).await;
-                }
+                Box::pin(async {
+                    if let Some(stream) = tls_server::accept(tls, stream, &common.registry).await {
+                        connection::serve(stream, state, builder, timeouts, stop).await;
+                    }
+                })
+                .await
             }
         }
         drop((slot, tracked));
