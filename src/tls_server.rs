@@ -48,6 +48,10 @@ impl ListenerTls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server's order wins (RFC 8446 section 4.1.1 leaves the pick
+        // to the server): AES-GCM first where the CPU has AES instructions,
+        // whatever order an old client lists its suites in.
+        server.ignore_client_order = true;
         server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         server.ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("TLS session tickets unavailable: {e}"))?;

@@ -319,6 +319,42 @@ async fn http1_negotiated_by_alpn_proxies_requests() {
 }
 
 #[tokio::test]
+async fn the_servers_cipher_suite_order_wins_over_the_clients() {
+    use rustls::crypto::ring::cipher_suite as suite;
+    use rustls::version::{TLS12, TLS13};
+
+    let rig = Rig::start(5_000).await;
+    let server_first = [
+        (&TLS13, suite::TLS13_AES_256_GCM_SHA384),
+        (&TLS12, suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+    ];
+    for (version, expected) in server_first {
+        // The client prefers ChaCha20, then AES-128: the server's first
+        // choice, AES-256-GCM, is listed last.
+        let mut chacha_first = rustls::crypto::ring::default_provider();
+        chacha_first.cipher_suites.sort_by_key(|s| match s.suite() {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => 0,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => 1,
+            _ => 2,
+        });
+        let mut roots = RootCertStore::empty();
+        roots.add(rig.ca.der.clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(Arc::new(chacha_first))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let stream = tls_connect(&rig.gw, "localhost", Arc::new(config)).await;
+        let stream = stream.expect("handshake with gwproxy");
+        let negotiated = stream.get_ref().1.negotiated_cipher_suite().unwrap();
+        assert_eq!(negotiated.suite(), expected.suite(), "{version:?}");
+    }
+}
+
+#[tokio::test]
 async fn http2_negotiated_by_alpn_proxies_concurrent_requests() {
     let rig = Rig::start(5_000).await;
     let (gw, upstream, ca) = (&rig.gw, &rig.upstream, &rig.ca);
