@@ -4,7 +4,9 @@
 # One nginx is the upstream gateway (a fixed ~400-byte JSON answer). The same
 # wrk load then goes three ways: straight at the upstream (the ceiling), through
 # an nginx reverse proxy with a keep-alive upstream pool (the competitor), and
-# through gwproxy's POST /api/proxy. For each run it records throughput,
+# through gwproxy's POST /api/proxy; then both proxies again terminating TLS
+# with the same certificate, over kept-alive connections and with a new
+# handshake for every request. For each run it records throughput,
 # latency, errors, the proxy's CPU time per 1,000 requests, its peak memory
 # and how well it reused upstream connections; then it measures what an idle
 # client connection costs gwproxy. The Markdown report is printed and written
@@ -17,6 +19,8 @@
 #   THREADS=2            wrk threads
 #   CONNECTIONS="64 512" wrk connection counts, one run per contender each
 #   IDLE_CONNS=10000     idle connections for benches/idle_conns.py (0 skips it)
+#   TLS_CONNECTIONS=64   wrk connections for the kept-alive TLS rows ("" skips TLS)
+#   HANDSHAKE_CONNECTIONS=16  wrk connections for the new-handshake rows
 #   GWPROXY_BIN=path     use this gwproxy binary instead of building one
 #   RESULTS_DIR=bench-results
 #
@@ -31,6 +35,8 @@ UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-"64 512"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+TLS_CONNECTIONS=${TLS_CONNECTIONS-64}
+HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-16}
 GWPROXY_BIN=${GWPROXY_BIN:-}
 RESULTS_DIR=${RESULTS_DIR:-bench-results}
 
@@ -105,7 +111,7 @@ trap 'exit 130' INT TERM
 
 ensure_tools() {
   local missing=() tool
-  for tool in nginx wrk curl python3; do
+  for tool in nginx wrk curl python3 openssl; do
     command -v "$tool" >/dev/null || missing+=("$tool")
   done
   if ((${#missing[@]} == 0)); then
@@ -236,8 +242,30 @@ $(nginx_temp_paths)
             proxy_set_header Connection "";
         }
     }
+    # The same proxy terminating TLS with gwproxy's certificate, protocols
+    # and resumption (a session cache and tickets, as rustls has).
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        ssl_certificate $WORK_DIR/server.pem;
+        ssl_certificate_key $WORK_DIR/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:10m;
+        location / {
+            proxy_pass http://upstream_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 }
 EOF
+}
+
+# One ECDSA P-256 certificate for localhost that both TLS listeners serve,
+# made for this run only.
+make_certificate() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$WORK_DIR/server.key" -out "$WORK_DIR/server.pem" 2>/dev/null
 }
 
 # Starts an nginx in its own prefix directory $1 with config $2, $3 workers
@@ -261,15 +289,21 @@ start_nginx() {
   STARTED_PID=$master
 }
 
-# Starts gwproxy on GWPROXY_PORT in front of the upstream; leaves its PID in
-# STARTED_PID.
+# Starts gwproxy on port $1 in front of the upstream, terminating TLS with
+# the run's certificate when $2 is "tls"; leaves its PID in STARTED_PID.
 start_gwproxy() {
-  local conf=$WORK_DIR/gwproxy.json log=$WORK_DIR/gwproxy.log tries=100 pid
+  local port=$1 conf=$WORK_DIR/gwproxy-$1.json log=$WORK_DIR/gwproxy-$1.log tries=100 pid
+  local tls=""
+  if [[ ${2:-} == tls ]]; then
+    tls="\"tls\": { \"cert_file\": \"$WORK_DIR/server.pem\", \"key_file\": \"$WORK_DIR/server.key\" },"
+  fi
   # Idle client connections must outlive the idle-connection test, and
   # max_connections must admit all of them.
   cat >"$conf" <<EOF
 {
-  "listen": "127.0.0.1:$GWPROXY_PORT",
+  "listen": "127.0.0.1:$port",
+  "workers": $WORKERS,
+  $tls
   "users": [{ "name": "bench", "secret": "$SECRET" }],
   "gateways": [{ "url": "http://127.0.0.1:$UPSTREAM_PORT" }],
   "limits": { "max_concurrent_requests": 4096, "max_connections": $((IDLE_CONNS + 20000)) },
@@ -277,8 +311,7 @@ start_gwproxy() {
   "pool": { "max_idle_per_gateway": 1024 }
 }
 EOF
-  # tokio's default runtime reads its worker count from TOKIO_WORKER_THREADS.
-  TOKIO_WORKER_THREADS=$WORKERS "$GWPROXY_BIN" --config "$conf" >"$log" 2>&1 &
+  "$GWPROXY_BIN" --config "$conf" >"$log" 2>&1 &
   pid=$!
   OTHER_PIDS+=("$pid")
   until grep -q "gwproxy listening" "$log"; do
@@ -303,6 +336,16 @@ check_answers() {
     --data "$(proxy_request_body)")
   [[ $via_gwproxy =~ \"status_code\":\ ?200 && $via_gwproxy == *httpbin.org* ]] ||
     die "gwproxy answered: $via_gwproxy"
+}
+
+# Both TLS listeners serve the run's certificate and answer as in plain HTTP.
+check_tls_answers() {
+  local via_nginx via_gwproxy tls=(--cacert "$WORK_DIR/server.pem")
+  via_nginx=$(curl -fsS "${tls[@]}" "https://127.0.0.1:$NGINX_TLS_PORT$BENCH_PATH")
+  [[ $via_nginx == *httpbin.org* ]] || die "nginx TLS proxy answered: $via_nginx"
+  via_gwproxy=$(curl -fsS "${tls[@]}" "https://127.0.0.1:$GWPROXY_TLS_PORT/api/proxy" \
+    -H "Authorization: $SECRET" --data "$(proxy_request_body)")
+  [[ $via_gwproxy =~ \"status_code\":\ ?200 ]] || die "gwproxy TLS answered: $via_gwproxy"
 }
 
 # The same request benches/proxy.lua sends, for the curl check.
@@ -361,7 +404,8 @@ to_ms() {
   }'
 }
 
-# One wrk run against one contender; appends a row to ROWS.
+# One wrk run against one contender; appends a row to ROWS. WRK_HEADERS
+# holds extra -H arguments (the new-handshake rows send Connection: close).
 #   $1 label, $2 connections, $3 URL, $4 lua script or "", $5... the
 #   contender's PIDs whose CPU and memory count.
 run_wrk() {
@@ -381,7 +425,8 @@ run_wrk() {
   reset_peak_rss "${pids[@]}"
   before=$(upstream_counters)
   ticks0=$(cpu_ticks "${pids[@]}")
-  wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency "${script_args[@]}" "$url" >"$out"
+  wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency "${script_args[@]}" "${WRK_HEADERS[@]}" \
+    "$url" >"$out"
   ticks1=$(cpu_ticks "${pids[@]}")
   after=$(upstream_counters)
   hwm=$(peak_rss_kib "${pids[@]}")
@@ -411,18 +456,26 @@ run_wrk() {
     }' "$out" >>"$ROWS"
 }
 
-# Prints gwproxy/nginx ratios per connection count from the rows file.
+# Prints gwproxy/nginx ratios from the rows file, pairing "gwproxy
+# /api/proxy<mode>" with "nginx proxy_pass<mode>" at the same connections.
 ratios() {
   awk -F' *\\| *' '
-    $2 == "nginx proxy_pass" { n_rps[$3] = $4; n_p99[$3] = $6; n_cpu[$3] = $9 }
-    $2 == "gwproxy /api/proxy" { g_rps[$3] = $4; g_p99[$3] = $6; g_cpu[$3] = $9; order[++k] = $3 }
+    index($2, "nginx proxy_pass") == 1 {
+      key = substr($2, 17) SUBSEP $3; n_rps[key] = $4; n_p99[key] = $6; n_cpu[key] = $9
+    }
+    index($2, "gwproxy /api/proxy") == 1 {
+      mode = substr($2, 19); key = mode SUBSEP $3
+      g_rps[key] = $4; g_p99[key] = $6; g_cpu[key] = $9
+      order[++k] = key; modes[key] = mode; conns[key] = $3
+    }
     function ratio(a, b) { return b + 0 > 0 ? sprintf("%.2f", a / b) : "n/a" }
     END {
-      print "| connections | req/s gwproxy/nginx | p99 gwproxy/nginx | CPU per 1k req gwproxy/nginx |"
-      print "| ---: | ---: | ---: | ---: |"
+      print "| mode | connections | req/s gwproxy/nginx | p99 gwproxy/nginx | CPU per 1k req gwproxy/nginx |"
+      print "| --- | ---: | ---: | ---: | ---: |"
       for (i = 1; i <= k; i++) {
-        c = order[i]
-        printf "| %s | %s | %s | %s |\n", c, ratio(g_rps[c], n_rps[c]), ratio(g_p99[c], n_p99[c]), ratio(g_cpu[c], n_cpu[c])
+        key = order[i]; mode = modes[key]; sub(/^, /, "", mode)
+        printf "| %s | %s | %s | %s | %s |\n", mode == "" ? "plain HTTP" : mode, conns[key],
+          ratio(g_rps[key], n_rps[key]), ratio(g_p99[key], n_p99[key]), ratio(g_cpu[key], n_cpu[key])
       }
     }' "$ROWS"
 }
@@ -444,9 +497,13 @@ CLK_TCK=$(getconf CLK_TCK)
 RUNS=0
 PEAK_RESET=yes
 SECRET=bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
-read -r UPSTREAM_PORT STATUS_PORT NGINX_PORT GWPROXY_PORT < <(free_ports 4)
+WRK_HEADERS=()
+read -r UPSTREAM_PORT STATUS_PORT NGINX_PORT GWPROXY_PORT NGINX_TLS_PORT GWPROXY_TLS_PORT \
+  < <(free_ports 6)
 GWPROXY_TARGET=http://127.0.0.1:$UPSTREAM_PORT$BENCH_PATH
 export GWPROXY_SECRET=$SECRET GWPROXY_TARGET
+
+make_certificate
 
 log "starting upstream nginx on $UPSTREAM_PORT (status on $STATUS_PORT)"
 mkdir -p "$WORK_DIR/upstream" "$WORK_DIR/proxy"
@@ -463,7 +520,7 @@ PROXY_PID=$STARTED_PID
 mapfile -t PROXY_WORKER_PIDS < <(children_of "$PROXY_PID")
 
 log "starting gwproxy on $GWPROXY_PORT with $WORKERS worker threads"
-start_gwproxy
+start_gwproxy "$GWPROXY_PORT"
 GWPROXY_PID=$STARTED_PID
 
 check_answers
@@ -478,6 +535,31 @@ for conns in $CONNECTIONS; do
   run_wrk "gwproxy /api/proxy" "$conns" "http://127.0.0.1:$GWPROXY_PORT/api/proxy" \
     benches/proxy.lua "$GWPROXY_PID"
 done
+
+# TLS: both proxies terminate it with the same certificate. gwproxy's TLS
+# listener is a second instance, started only now so that it does not sit
+# idle in memory during the plain runs. wrk resumes no sessions, so each
+# new connection is a full handshake: the "new handshake" rows, where every
+# request closes its connection, count handshakes per second.
+if [[ -n $TLS_CONNECTIONS ]]; then
+  log "starting gwproxy with TLS on $GWPROXY_TLS_PORT"
+  start_gwproxy "$GWPROXY_TLS_PORT" tls
+  GWPROXY_TLS_PID=$STARTED_PID
+  check_tls_answers
+  for conns in $TLS_CONNECTIONS; do
+    run_wrk "nginx proxy_pass, TLS kept alive" "$conns" \
+      "https://127.0.0.1:$NGINX_TLS_PORT$BENCH_PATH" "" "$PROXY_PID" "${PROXY_WORKER_PIDS[@]}"
+    run_wrk "gwproxy /api/proxy, TLS kept alive" "$conns" \
+      "https://127.0.0.1:$GWPROXY_TLS_PORT/api/proxy" benches/proxy.lua "$GWPROXY_TLS_PID"
+  done
+  WRK_HEADERS=(-H "Connection: close")
+  run_wrk "nginx proxy_pass, TLS new handshake per request" "$HANDSHAKE_CONNECTIONS" \
+    "https://127.0.0.1:$NGINX_TLS_PORT$BENCH_PATH" "" "$PROXY_PID" "${PROXY_WORKER_PIDS[@]}"
+  run_wrk "gwproxy /api/proxy, TLS new handshake per request" "$HANDSHAKE_CONNECTIONS" \
+    "https://127.0.0.1:$GWPROXY_TLS_PORT/api/proxy" benches/proxy.lua "$GWPROXY_TLS_PID"
+  WRK_HEADERS=()
+  stop_pid "$GWPROXY_TLS_PID"
+fi
 
 # What one idle keep-alive client connection costs gwproxy.
 IDLE_RESULT="skipped (IDLE_CONNS=0)"
