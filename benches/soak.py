@@ -128,7 +128,9 @@ def raw(proxy, head, trickle=b"", gap=0.0, wait=6.0):
         if not data:
             return "closed"
         return int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else "garbage"
-    except ConnectionResetError:
+    # Cut off at its timeout, a trickling client learns it from a reset
+    # or from a broken pipe on its next byte: either way, closed.
+    except (ConnectionResetError, BrokenPipeError):
         return "closed"
     except socket.timeout:
         return "timeout"

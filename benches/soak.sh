@@ -104,7 +104,8 @@ cat >"$WORK_DIR/gwproxy.json" <<EOF
     { "url": "http://127.0.0.1:$GATEWAY_PORT" },
     { "url": "http://127.0.0.1:$FAULTY_PORT" }
   ],
-  "timeouts": { "request_header_ms": 2000, "request_body_ms": 2000, "response_ms": 2000 }
+  "timeouts": { "request_header_ms": 2000, "request_body_ms": 2000, "response_ms": 2000 },
+  "pool": { "idle_timeout_ms": 2000 }
 }
 EOF
 RUST_LOG=gwproxy=warn "$GWPROXY_BIN" --config "$WORK_DIR/gwproxy.json" 2>"$WORK_DIR/gwproxy.log" &
@@ -157,7 +158,9 @@ done
 wait "$WRK_PID" || true
 drive_status=0
 wait "$DRIVE_PID" || drive_status=$?
-# Let slow clients' and the faulty gateway's connections time out.
+# Let slow clients' and the faulty gateway's connections time out, and
+# the pool's idle gateway connections age out (idle_timeout_ms above, swept
+# every half of it): then gwproxy holds what it held at the start.
 sleep 5
 sample end
 
