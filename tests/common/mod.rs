@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod ops;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
