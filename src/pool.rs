@@ -188,7 +188,8 @@ impl GatewayPool {
                 ))
             })??;
 
-        debug!(address = %self.address, h2 = matches!(sender, Sender::Http2(_)), "opened gateway connection");
+        let h2 = matches!(sender, Sender::Http2(_));
+        debug!(address = %self.address, h2, "opened gateway connection");
         if let Sender::Http2(shared) = &sender {
             *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
         }

@@ -187,7 +187,10 @@ fn gateway(config: &GatewayConfig) -> Result<Gateway, String> {
 
 fn gateway_tls(config: &GatewayConfig) -> Result<GatewayTls, String> {
     if config.insecure_skip_verify {
-        tracing::warn!(url = %config.url, "insecure_skip_verify: this gateway's certificate is not checked");
+        tracing::warn!(
+            url = %config.url,
+            "insecure_skip_verify: this gateway's certificate is not checked"
+        );
     }
     let client = tls_client::client_config(config)?;
     let server_name = rustls::pki_types::ServerName::try_from(config.target.host_bare().to_owned())
