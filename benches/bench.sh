@@ -71,18 +71,9 @@ children_of() {
   done
 }
 
-# shellcheck disable=SC2317  # reached from the EXIT trap, which shellcheck cannot see
-# Sends SIGTERM to a PID, waits up to 5 s for it to go, then SIGKILLs it.
-stop_pid() {
-  local pid=$1 tries=50
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null && ((tries-- > 0)); do
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# stop_pid, free_port, wait_listening.
+# shellcheck source=benches/loopback.sh
+source benches/loopback.sh
 
 # shellcheck disable=SC2317  # the EXIT trap's handler
 cleanup() {

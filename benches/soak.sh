@@ -41,17 +41,8 @@ die() { log "error: $*"; exit 1; }
 PIDS=()
 WORK_DIR=$(mktemp -d)
 
-# shellcheck disable=SC2317  # reached from the EXIT trap
-stop_pid() {
-  local pid=$1 tries=50
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null && ((tries-- > 0)); do
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=benches/loopback.sh
+source benches/loopback.sh
 
 # shellcheck disable=SC2317
 cleanup() {
@@ -72,19 +63,6 @@ if [[ -z $GWPROXY_BIN || -z $GATEWAY_BIN ]]; then
   GWPROXY_BIN=${GWPROXY_BIN:-target/release/gwproxy}
   GATEWAY_BIN=${GATEWAY_BIN:-target/release/demo-gateway}
 fi
-
-# A free loopback port, chosen by the kernel.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_listening() {
-  local port=$1 tries=100
-  while ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-    ((tries-- > 0)) || die "nothing listens on port $port"
-    sleep 0.1
-  done
-}
 
 GATEWAY_PORT=$(free_port)
 FAULTY_PORT=$(free_port)

@@ -45,33 +45,18 @@ fi
 PIDS=()
 WORK_DIR=$(mktemp -d)
 
+# shellcheck source=benches/loopback.sh
+source benches/loopback.sh
+
 # shellcheck disable=SC2317  # reached from the EXIT trap
 cleanup() {
-  local pid tries
+  local pid
   for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || continue
-    tries=50
-    while kill -0 "$pid" 2>/dev/null && ((tries-- > 0)); do
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_pid "$pid"
   done
   rm -rf "$WORK_DIR"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_listening() {
-  local port=$1 tries=100
-  while ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-    ((tries-- > 0)) || die "nothing listens on port $port"
-    sleep 0.1
-  done
-}
 
 GATEWAY="127.0.0.1:$(free_port)"
 PROXY_PORT=$(free_port)
