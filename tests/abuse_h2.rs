@@ -16,11 +16,12 @@ use h2::Reason;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use common::ops::read_request_head;
 use common::{raw_upstream, Gwproxy, Upstream, SECRET};
 
 /// Upper bound for anything that needs no timer to happen.
@@ -221,17 +222,6 @@ async fn held_upstream(release: watch::Receiver<bool>) -> (SocketAddr, Arc<Atomi
     })
     .await;
     (addr, arrived)
-}
-
-async fn read_request_head(reader: &mut BufReader<TcpStream>) -> bool {
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) if line == "\r\n" => return true,
-            Ok(_) => {}
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

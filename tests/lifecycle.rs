@@ -14,11 +14,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use common::ops::read_request_head;
 use common::{raw_upstream, send, Gwproxy, Upstream, SECRET};
 
 /// Upper bound for anything that needs no timer to happen.
@@ -119,18 +120,6 @@ async fn held_upstream(
     })
     .await;
     (addr, arrived_rx, requests)
-}
-
-/// Reads a request head; gwproxy sends the GETs here without a body.
-async fn read_request_head(reader: &mut BufReader<TcpStream>) -> bool {
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) if line == "\r\n" => return true,
-            Ok(_) => {}
-        }
-    }
 }
 
 async fn next_arrival(arrived: &mut mpsc::UnboundedReceiver<()>) {
