@@ -1,7 +1,7 @@
 # benches/loopback.sh: sourced by the scripts that start servers on loopback
 # (benches/bench.sh, benches/soak.sh, tests/schemathesis.sh): a free port,
-# waiting for a listener, and stopping a process by its own PID. The caller
-# defines die().
+# waiting for a listener, and stopping processes by their own PIDs. The
+# caller defines die(), and for stop_started the PIDS array and WORK_DIR.
 
 # A free loopback TCP port, chosen by the kernel. It is released before use,
 # which is racy only against another process doing the same.
@@ -29,4 +29,14 @@ stop_pid() {
   done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317  # reached from the callers' EXIT traps
+# Stops every process in the caller's PIDS and removes its WORK_DIR.
+stop_started() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    stop_pid "$pid"
+  done
+  rm -rf "$WORK_DIR"
 }

@@ -44,15 +44,7 @@ WORK_DIR=$(mktemp -d)
 # shellcheck source=benches/loopback.sh
 source benches/loopback.sh
 
-# shellcheck disable=SC2317
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  rm -rf "$WORK_DIR"
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
 command -v python3 >/dev/null || die "python3 is not installed"

@@ -48,15 +48,7 @@ WORK_DIR=$(mktemp -d)
 # shellcheck source=benches/loopback.sh
 source benches/loopback.sh
 
-# shellcheck disable=SC2317  # reached from the EXIT trap
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  rm -rf "$WORK_DIR"
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 GATEWAY="127.0.0.1:$(free_port)"
 PROXY_PORT=$(free_port)
