@@ -11,8 +11,8 @@ use crate::json_check::is_json;
 /// The body is embedded verbatim when it is JSON (no re-serialisation, so
 /// numbers and key order survive byte for byte), as a string when it is
 /// UTF-8, and as base64 with `"body_encoding":"base64"` otherwise.
-pub fn build(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(estimate_len(headers, body));
+pub fn build(status: StatusCode, headers: HeaderMap, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(estimate_len(&headers, body));
 
     out.extend_from_slice(b"{\"status_code\":");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -46,26 +46,39 @@ fn estimate_len(headers: &HeaderMap, body: &[u8]) -> usize {
 /// `Transfer-Encoding` is left out: it described how the gateway framed
 /// bytes on gwproxy's connection, not the body the envelope now carries
 /// whole (Go's client, and so the Dashboard, drops it the same way).
-fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+///
+/// The map is consumed because its owning iterator is the one that
+/// promises a name's values come together (a `None` name means "same as
+/// the last"), so each member is written in one pass with no lookups.
+fn write_headers(out: &mut Vec<u8>, headers: HeaderMap) {
     out.push(b'{');
-    let names = headers.keys().filter(|name| *name != TRANSFER_ENCODING);
-    for (i, name) in names.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        write_canonical_name(out, name.as_str());
-        out.extend_from_slice(b"\":");
-
-        let mut values = headers.get_all(name).iter();
-        match (values.next(), values.next()) {
-            (Some(only), None) => write_json_bytes(out, only.as_bytes()),
-            _ => {
-                let joined: Vec<&[u8]> =
-                    headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
-                write_json_bytes(out, &joined.join(&b", "[..]));
+    let mut members = 0;
+    let mut skipping = false;
+    for (name, value) in headers {
+        match name {
+            Some(name) => {
+                if members > 0 && !skipping {
+                    out.push(b'"');
+                }
+                skipping = name == TRANSFER_ENCODING;
+                if skipping {
+                    continue;
+                }
+                if members > 0 {
+                    out.push(b',');
+                }
+                members += 1;
+                out.push(b'"');
+                write_canonical_name(out, name.as_str());
+                out.extend_from_slice(b"\":\"");
             }
+            None if skipping => continue,
+            None => out.extend_from_slice(b", "),
         }
+        write_json_contents(out, value.as_bytes());
+    }
+    if members > 0 && !skipping {
+        out.push(b'"');
     }
     out.push(b'}');
 }
@@ -97,7 +110,7 @@ fn write_body(out: &mut Vec<u8>, body: &[u8]) -> bool {
         return true;
     };
 
-    if is_json(body) {
+    if is_json(text) {
         out.extend_from_slice(body);
     } else {
         write_json_str(out, text);
@@ -105,10 +118,21 @@ fn write_body(out: &mut Vec<u8>, body: &[u8]) -> bool {
     false
 }
 
-/// Header values are bytes; anything that is not UTF-8 (obs-text, RFC 9110
-/// section 5.5) is shown with replacement characters rather than dropped.
-fn write_json_bytes(out: &mut Vec<u8>, value: &[u8]) {
+/// Appends a header value as the inside of a JSON string. Most values are
+/// printable ASCII with nothing to escape and are copied as they are; the
+/// rest go through serde_json, with anything that is not UTF-8 (obs-text,
+/// RFC 9110 section 5.5) shown as replacement characters, not dropped.
+fn write_json_contents(out: &mut Vec<u8>, value: &[u8]) {
+    let plain = |b: &u8| (b' '..=b'~').contains(b) && *b != b'"' && *b != b'\\';
+    if value.iter().all(plain) {
+        out.extend_from_slice(value);
+        return;
+    }
+    let start = out.len();
     write_json_str(out, &String::from_utf8_lossy(value));
+    // Take off the quotes serde_json put around it.
+    out.pop();
+    out.remove(start);
 }
 
 /// Appends `s` as a JSON string literal.
@@ -141,7 +165,7 @@ mod tests {
     #[test]
     fn embeds_json_body_verbatim() {
         let body = br#"{"b":1.50,"a":[1,2]}"#;
-        let out = build(StatusCode::OK, &HeaderMap::new(), body);
+        let out = build(StatusCode::OK, HeaderMap::new(), body);
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.contains(r#""body":{"b":1.50,"a":[1,2]}"#), "{text}");
     }
@@ -150,7 +174,7 @@ mod tests {
     fn text_body_becomes_a_string() {
         let out = build(
             StatusCode::NOT_FOUND,
-            &HeaderMap::new(),
+            HeaderMap::new(),
             b"no \"such\" page\n",
         );
         let v = parse(&out);
@@ -162,7 +186,7 @@ mod tests {
     #[test]
     fn binary_body_becomes_base64() {
         let body = [0u8, 159, 146, 150, 255];
-        let v = parse(&build(StatusCode::OK, &HeaderMap::new(), &body));
+        let v = parse(&build(StatusCode::OK, HeaderMap::new(), &body));
         assert_eq!(v["body_encoding"], "base64");
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(v["body"].as_str().unwrap())
@@ -172,7 +196,7 @@ mod tests {
 
     #[test]
     fn empty_body_is_empty_string() {
-        let v = parse(&build(StatusCode::NO_CONTENT, &HeaderMap::new(), b""));
+        let v = parse(&build(StatusCode::NO_CONTENT, HeaderMap::new(), b""));
         assert_eq!(v["body"], "");
     }
 
@@ -183,7 +207,7 @@ mod tests {
         headers.append("x-ratelimit-limit", HeaderValue::from_static("0"));
         headers.append("set-cookie", HeaderValue::from_static("a=1"));
         headers.append("set-cookie", HeaderValue::from_static("b=2"));
-        let v = parse(&build(StatusCode::OK, &headers, b"x"));
+        let v = parse(&build(StatusCode::OK, headers, b"x"));
         assert_eq!(v["headers"]["Content-Type"], "text/plain");
         assert_eq!(v["headers"]["X-Ratelimit-Limit"], "0");
         assert_eq!(v["headers"]["Set-Cookie"], "a=1, b=2");
@@ -194,22 +218,35 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("x-a", HeaderValue::from_static("1"));
-        let v = parse(&build(StatusCode::OK, &headers, b""));
+        let v = parse(&build(StatusCode::OK, headers, b""));
         assert_eq!(v["headers"], serde_json::json!({"X-A": "1"}));
+    }
+
+    #[test]
+    fn escapes_and_joins_values_around_a_left_out_header() {
+        let mut headers = HeaderMap::new();
+        headers.append("transfer-encoding", HeaderValue::from_static("gzip"));
+        headers.append("x-a", HeaderValue::from_static("say \"hi\""));
+        headers.append("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.append("x-a", HeaderValue::from_static("back\\slash"));
+        headers.append("x-b", HeaderValue::from_static("\tz"));
+        let v = parse(&build(StatusCode::OK, headers, b""));
+        let expected = serde_json::json!({"X-A": "say \"hi\", back\\slash", "X-B": "\tz"});
+        assert_eq!(v["headers"], expected);
     }
 
     #[test]
     fn non_utf8_header_value_stays_valid_json() {
         let mut headers = HeaderMap::new();
         headers.insert("x-odd", HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        let v = parse(&build(StatusCode::OK, &headers, b""));
+        let v = parse(&build(StatusCode::OK, headers, b""));
         assert_eq!(v["headers"]["X-Odd"], "caf\u{fffd}");
     }
 
     #[test]
     fn deeply_nested_json_is_sent_as_text() {
         let body = "[".repeat(10_000);
-        let v = parse(&build(StatusCode::OK, &HeaderMap::new(), body.as_bytes()));
+        let v = parse(&build(StatusCode::OK, HeaderMap::new(), body.as_bytes()));
         assert_eq!(v["body"].as_str().unwrap().len(), 10_000);
     }
 }

@@ -145,7 +145,7 @@ async fn proxy<'s>(
     let answer = answer?;
     trace.gateway_status = Some(answer.status);
 
-    let wrapped = envelope::build(answer.status, &answer.headers, &answer.body);
+    let wrapped = envelope::build(answer.status, answer.headers, &answer.body);
     Ok(json_response(Bytes::from(wrapped)))
 }
 

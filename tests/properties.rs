@@ -351,7 +351,7 @@ proptest! {
         body in body(),
     ) {
         let status = StatusCode::from_u16(status).expect("100..=599 is a status");
-        let bytes = envelope::build(status, &headers, &body);
+        let bytes = envelope::build(status, headers.clone(), &body);
 
         let envelope: Value = serde_json::from_slice(&bytes).map_err(|e| {
             TestCaseError::fail(format!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
@@ -376,7 +376,7 @@ fn an_unrepresentable_json_body_still_yields_a_parseable_envelope() {
         br#""\ud800""#,
         br#"{"k":"\udc00x"}"#,
     ] {
-        let bytes = envelope::build(StatusCode::OK, &HeaderMap::new(), body);
+        let bytes = envelope::build(StatusCode::OK, HeaderMap::new(), body);
         let parsed = serde_json::from_slice::<Value>(&bytes);
         assert!(
             parsed.is_ok(),
