@@ -38,8 +38,15 @@ pub enum RequestBody<'a> {
 ///
 /// Unknown fields are ignored, but a known field given twice is refused:
 /// two `url`s would let one component check one and another use the other.
+///
+/// The body is checked as UTF-8 once, up front (RFC 8259 section 8.1):
+/// serde_json then reads it as text and does not check each string and
+/// each raw field again, as it must when it reads bytes.
 pub fn parse(bytes: &[u8], max_headers: usize) -> Result<ProxyRequest<'_>, ProxyError> {
-    let fields: RawFields<'_> = serde_json::from_slice(bytes)
+    let json = std::str::from_utf8(bytes).map_err(|e| {
+        ProxyError::bad_request(format!("request body must be a JSON object in UTF-8: {e}"))
+    })?;
+    let fields: RawFields<'_> = serde_json::from_str(json)
         .map_err(|e| ProxyError::bad_request(format!("request body must be a JSON object: {e}")))?;
 
     let method = parse_method(required(fields.method, "method")?)?;
@@ -357,5 +364,14 @@ mod tests {
     #[test]
     fn refuses_trailing_garbage() {
         assert!(err(r#"{"method":"GET","url":"u"} x"#).contains("trailing characters"));
+    }
+
+    #[test]
+    fn refuses_bytes_that_are_not_utf8() {
+        let json = b"{\"method\":\"GET\",\"url\":\"http://gw/\xff\"}";
+        let error = parse(json, 3).unwrap_err();
+        assert_eq!(error.status(), http::StatusCode::BAD_REQUEST);
+        let detail = error.detail().unwrap_or_default();
+        assert!(detail.contains("UTF-8"), "{detail}");
     }
 }
