@@ -46,8 +46,22 @@ impl RequestIds {
             return given.clone();
         }
         let n = self.next.fetch_add(1, Relaxed);
-        let id = format!("{:08x}{:012x}", self.prefix, n);
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        // 8 hex digits of prefix, 12 of counter: `format!` would cost more
+        // than the rest of this function on every request.
+        let mut id = [0u8; 20];
+        write_hex(&mut id[..8], u64::from(self.prefix));
+        write_hex(&mut id[8..], n);
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// Fills `out` with the low hex digits of `value`, zero-padded, as
+/// `{:0N$x}` would for `N = out.len()` (higher digits are dropped: the
+/// counter would need 2^48 requests to reach them).
+fn write_hex(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -144,5 +158,14 @@ mod tests {
     fn generated_ids_differ() {
         let ids = RequestIds::new();
         assert_ne!(ids.for_request(None), ids.for_request(None));
+    }
+
+    #[test]
+    fn hex_digits_match_the_zero_padded_format() {
+        let mut out = [0u8; 12];
+        for n in [0, 1, 0xabc, u64::from(u32::MAX) << 8, (1 << 48) - 1] {
+            write_hex(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{n:012x}"));
+        }
     }
 }
