@@ -132,8 +132,12 @@ fn absolute_https(origin: &Uri, host: Option<HeaderValue>) -> Option<Uri> {
 
 /// Validates the caller's headers and drops the hop-by-hop ones, including
 /// any that the caller's own `Connection` header names.
+///
+/// Each name is compared with the short hop-by-hop list as it arrives,
+/// which is cheaper than hashing ten removals into the finished map.
 fn caller_headers(pairs: &HeaderPairs<'_>, source: &Bytes) -> Result<HeaderMap, ProxyError> {
     let mut headers = HeaderMap::with_capacity(pairs.len() + 2);
+    let mut named_by_connection = Vec::new();
     for (name, value) in pairs {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             ProxyError::bad_request(format!("header name `{}` is not valid HTTP", shorten(name)))
@@ -145,24 +149,31 @@ fn caller_headers(pairs: &HeaderPairs<'_>, source: &Bytes) -> Result<HeaderMap, 
                 name
             ))
         })?;
-        headers.append(name, value);
+        if name == header::CONNECTION {
+            named_by_connection.extend(connection_options(&value));
+        }
+        if !is_hop_by_hop(&name) {
+            headers.append(name, value);
+        }
     }
 
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .chain(&named)
-        .chain([&header::CONTENT_LENGTH])
-    {
+    for name in &named_by_connection {
         headers.remove(name);
     }
     Ok(headers)
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH
+}
+
+/// The header names a `Connection` value lists (RFC 9110 section 7.6.1).
+fn connection_options(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
 
 /// A zero-copy slice of `source` when `text` lies inside it (it was
