@@ -397,6 +397,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// HTTP/1.1 and h2 (prior knowledge, or ALPN under TLS) on one listener,
 /// with the limits from the config.
+/// The header count hyper's HTTP/1 parser allows when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let limits = &config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -408,8 +411,13 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // A client may send its request and then shut down its write side
         // (RFC 9112 section 9.6 lets it): it still gets its response.
         .half_close(true)
-        .max_headers(limits.max_header_count)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // hyper's own limit is 100 headers. Naming a count, even 100, makes it
+    // fill a buffer that large on every request head (measured: as much as
+    // the parse itself), so only a count other than the default is passed.
+    if limits.max_header_count != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_header_count);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

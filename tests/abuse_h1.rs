@@ -284,6 +284,26 @@ async fn more_headers_than_max_header_count_are_refused() {
     assert_eq!(status, 200, "gwproxy still serves");
 }
 
+/// gwproxy leaves hyper's own limit in place when the configured count is
+/// the default, so check that the default still holds at 100.
+#[tokio::test]
+async fn the_default_header_count_limit_is_one_hundred() {
+    let upstream = echo_upstream().await;
+    let gw = start(&upstream, json!({}));
+    let head = |count: usize| {
+        let many: String = (0..count).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{many}\r\n")
+    };
+
+    let mut stream = connect(gw.addr).await;
+    stream.write_all(head(90).as_bytes()).await.expect("write");
+    let mut exchange = read_until_closed(&mut stream, PROMPT).await;
+    let answers = parse_responses(&mut exchange.received);
+    assert_eq!(answers.iter().map(|a| a.status).collect::<Vec<_>>(), [200]);
+
+    assert_refused(&gw, head(110).as_bytes(), &[431, 400]).await;
+}
+
 /// Writes `bytes` one at a time, `gap` apart, until done or the peer closes.
 fn trickle(mut writer: tokio::net::tcp::OwnedWriteHalf, bytes: Vec<u8>, gap: Duration) {
     tokio::spawn(async move {
