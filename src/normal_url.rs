@@ -17,7 +17,10 @@ pub fn parse_normal(raw: &str) -> Option<TargetUrl> {
         (Scheme::Https, raw.strip_prefix("https://")?)
     };
 
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority_end = rest
+        .bytes()
+        .position(|b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let (host, port) = split_port(authority, scheme)?;
     if !(is_plain_domain(host) || is_canonical_ipv4(host)) {
@@ -70,29 +73,43 @@ fn split_port(authority: &str, scheme: Scheme) -> Option<(&str, u16)> {
 /// be read as an IPv4 number, and `xn--` labels go through IDNA: both are
 /// left to the full parser.
 fn is_plain_domain(host: &str) -> bool {
-    let mut labels = host.split('.');
-    let last = host.rsplit('.').next().unwrap_or("");
-    let plain_label = |label: &str| {
+    let host = host.as_bytes();
+    let plain_label = |label: &[u8]| {
         !label.is_empty()
-            && !label.starts_with("xn--")
+            && !label.starts_with(b"xn--")
             && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    labels.all(plain_label) && !last.starts_with(|c: char| c.is_ascii_digit())
+    let last = host.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    split_bytes(host, b'.').all(plain_label) && !last.first().is_some_and(u8::is_ascii_digit)
 }
 
 /// Four decimal octets, 0 to 255, without leading zeros: the form the
 /// parser would print anyway.
 fn is_canonical_ipv4(host: &str) -> bool {
-    host.split('.').count() == 4
-        && host.split('.').all(|octet| {
-            !octet.is_empty()
-                && octet.len() <= 3
-                && (octet.len() == 1 || !octet.starts_with('0'))
-                && octet.bytes().all(|b| b.is_ascii_digit())
-                && octet.parse::<u8>().is_ok()
-        })
+    let mut octets = 0;
+    let canonical = split_bytes(host.as_bytes(), b'.').all(|octet| {
+        octets += 1;
+        is_canonical_octet(octet)
+    });
+    canonical && octets == 4
+}
+
+fn is_canonical_octet(octet: &[u8]) -> bool {
+    let digits = !octet.is_empty() && octet.len() <= 3 && octet.iter().all(u8::is_ascii_digit);
+    digits
+        && (octet.len() == 1 || octet[0] != b'0')
+        && octet
+            .iter()
+            .fold(0u32, |value, &digit| value * 10 + u32::from(digit - b'0'))
+            <= 255
+}
+
+/// `bytes` split at each `separator`. (`str::split` looks for a char with
+/// memchr, which costs more on these short strings than it saves.)
+fn split_bytes(bytes: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
+    bytes.split(move |&b| b == separator)
 }
 
 /// Characters that the WHATWG parser copies unchanged in both path and
@@ -139,9 +156,7 @@ fn is_normal_path(path: &str) -> bool {
     }
     path.starts_with('/')
         && path.bytes().all(|b| b == b'/' || is_plain_byte(b))
-        && path
-            .split('/')
-            .all(|segment| segment != "." && segment != "..")
+        && split_bytes(path.as_bytes(), b'/').all(|segment| segment != b"." && segment != b"..")
 }
 
 /// Plain bytes plus `/`, `?` and well-formed `%XX` escapes, which the
@@ -233,6 +248,10 @@ mod tests {
             "1.2.3",
             "256.1.1.1",
             "1.2.3.04",
+            "0.0.0.0",
+            "255.255.255.255",
+            "1.2.3.4.5",
+            "1.2..4",
             "0x7f.1",
             "xn--x",
             "[::1]",
