@@ -8,7 +8,7 @@ SECRET := $(shell head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 endif
 GATEWAY ?= 127.0.0.1:8181
 
-.PHONY: all build release run run-tls certs test lint fmt clean bench fuzz soak schemathesis
+.PHONY: all build release run run-tls certs test lint fmt clean bench bench-instructions fuzz soak schemathesis
 
 all: build
 
@@ -39,9 +39,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## bench: gwproxy beside nginx proxy_pass on loopback with wrk (DURATION=15s by default)
+## bench: gwproxy beside nginx proxy_pass on loopback with wrk (DURATION=12s, ROUNDS=2 by default)
 bench:
 	bash benches/bench.sh
+
+## bench-instructions: user-space instructions per request, gwproxy beside nginx, by callgrind (noise-free)
+bench-instructions:
+	bash benches/instructions.sh
 
 fmt:
 	$(CARGO) fmt --all

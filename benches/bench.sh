@@ -13,7 +13,9 @@
 # to bench-results/bench-<date>.md.
 #
 # Knobs (environment):
-#   DURATION=15s         length of each wrk run
+#   DURATION=12s         length of each wrk run
+#   ROUNDS=2             plain-HTTP runs of each contender, interleaved; the
+#                        ratios compare the means (one run moves +-15 % here)
 #   WORKERS=2            nginx proxy worker processes = gwproxy tokio worker threads
 #   UPSTREAM_WORKERS=1   upstream nginx worker processes
 #   THREADS=2            wrk threads
@@ -29,7 +31,8 @@
 
 set -euo pipefail
 
-DURATION=${DURATION:-15s}
+DURATION=${DURATION:-12s}
+ROUNDS=${ROUNDS:-2}
 WORKERS=${WORKERS:-2}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
 THREADS=${THREADS:-2}
@@ -449,15 +452,17 @@ run_wrk() {
 
 # Prints gwproxy/nginx ratios from the rows file, pairing "gwproxy
 # /api/proxy<mode>" with "nginx proxy_pass<mode>" at the same connections.
+# A pair run more than once (ROUNDS) is compared by its means.
 ratios() {
   awk -F' *\\| *' '
     index($2, "nginx proxy_pass") == 1 {
-      key = substr($2, 17) SUBSEP $3; n_rps[key] = $4; n_p99[key] = $6; n_cpu[key] = $9
+      key = substr($2, 17) SUBSEP $3; n_rps[key] += $4; n_p99[key] += $6; n_cpu[key] += $9
     }
     index($2, "gwproxy /api/proxy") == 1 {
       mode = substr($2, 19); key = mode SUBSEP $3
-      g_rps[key] = $4; g_p99[key] = $6; g_cpu[key] = $9
-      order[++k] = key; modes[key] = mode; conns[key] = $3
+      g_rps[key] += $4; g_p99[key] += $6; g_cpu[key] += $9
+      if (!(key in modes)) { order[++k] = key }
+      modes[key] = mode; conns[key] = $3
     }
     function ratio(a, b) { return b + 0 > 0 ? sprintf("%.2f", a / b) : "n/a" }
     END {
@@ -516,15 +521,18 @@ GWPROXY_PID=$STARTED_PID
 
 check_answers
 
-# Each contender at each connection count; contenders alternate so a drift in
-# the machine's load spreads over all of them rather than landing on one.
-for conns in $CONNECTIONS; do
-  run_wrk "upstream direct" "$conns" "http://127.0.0.1:$UPSTREAM_PORT$BENCH_PATH" "" \
-    "$UPSTREAM_PID" "${UPSTREAM_WORKER_PIDS[@]}"
-  run_wrk "nginx proxy_pass" "$conns" "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" "" \
-    "$PROXY_PID" "${PROXY_WORKER_PIDS[@]}"
-  run_wrk "gwproxy /api/proxy" "$conns" "http://127.0.0.1:$GWPROXY_PORT/api/proxy" \
-    benches/proxy.lua "$GWPROXY_PID"
+# Each contender at each connection count, ROUNDS times; contenders alternate
+# so a drift in the machine's load spreads over all of them rather than
+# landing on one.
+for ((round = 1; round <= ROUNDS; round++)); do
+  for conns in $CONNECTIONS; do
+    run_wrk "upstream direct" "$conns" "http://127.0.0.1:$UPSTREAM_PORT$BENCH_PATH" "" \
+      "$UPSTREAM_PID" "${UPSTREAM_WORKER_PIDS[@]}"
+    run_wrk "nginx proxy_pass" "$conns" "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" "" \
+      "$PROXY_PID" "${PROXY_WORKER_PIDS[@]}"
+    run_wrk "gwproxy /api/proxy" "$conns" "http://127.0.0.1:$GWPROXY_PORT/api/proxy" \
+      benches/proxy.lua "$GWPROXY_PID"
+  done
 done
 
 # TLS: both proxies terminate it with the same certificate. gwproxy's TLS
@@ -595,6 +603,8 @@ REPORT=$RESULTS_DIR/bench-$(date +%Y-%m-%d-%H%M%S).md
   echo "request and wraps the answer in a JSON envelope. The ratios price that work."
   echo "For the upstream-direct rows, CPU and RSS are the upstream nginx's; for the proxy"
   echo "rows, the proxy's alone (nginx: master plus workers for CPU, workers for RSS)."
+  echo "Each plain-HTTP row appears once per round (ROUNDS=$ROUNDS, interleaved); the"
+  echo "ratios compare the rounds' means."
   echo
   echo "Idle keep-alive client connections held on gwproxy: $IDLE_RESULT"
 } >"$WORK_DIR/report.md"
