@@ -110,7 +110,7 @@ async fn proxy<'s>(
     let _counted = state.metrics.in_flight();
 
     // Shed before any work, so that an overload costs almost nothing.
-    let Ok(_permit) = shared.in_flight.try_acquire() else {
+    let Some(_admitted) = shared.in_flight.try_admit() else {
         state.metrics.shed();
         return Err(ProxyError::bare(ErrorKind::Busy));
     };

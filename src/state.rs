@@ -3,12 +3,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Semaphore;
-
 use crate::auth::{User, Users};
 use crate::config::{Config, GatewayConfig, Limits, Timeouts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway_match::{GatewayTarget, Scheme, TargetUrl};
+use crate::in_flight::InFlightCap;
 use crate::metrics::{Registry, Route, WorkerMetrics};
 use crate::observe::RequestIds;
 use crate::pool::{GatewayPool, GatewayTls, PoolSettings};
@@ -21,10 +20,9 @@ pub struct Shared {
     pub gateways: Vec<Gateway>,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    /// One permit per request being proxied, across all workers
-    /// (`limits.max_concurrent_requests`). `try_acquire` is a single
-    /// atomic operation: shedding costs no lock.
-    pub in_flight: Arc<Semaphore>,
+    /// Requests being proxied, across all workers
+    /// (`limits.max_concurrent_requests`).
+    pub in_flight: Arc<InFlightCap>,
     pool: PoolSettings,
     /// Kept across reloads, so counters never reset.
     pub registry: Arc<Registry>,
@@ -77,7 +75,7 @@ impl Shared {
             gateways,
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
-            in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            in_flight: Arc::new(InFlightCap::new(config.limits.max_concurrent_requests)),
             pool: PoolSettings {
                 max_idle: config.pool.max_idle_per_gateway,
                 idle_timeout: config.pool.idle_timeout,
