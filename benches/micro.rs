@@ -47,7 +47,7 @@ fn build_gateway_request() -> usize {
     let source = Bytes::from_static(SEED_REQUEST.as_bytes());
     let request = proxy_request::parse(&source, 100).unwrap();
     let target = parse_target(&request.url).unwrap();
-    let built = GatewayRequest::build(request, &source, &target, "127.0.0.1:8181").unwrap();
+    let built = GatewayRequest::build(&request, &source, &target, "127.0.0.1:8181").unwrap();
     built.headers.len()
 }
 

@@ -23,17 +23,23 @@ pub struct GatewayResponse {
     pub body: Bytes,
 }
 
+/// Builds the gateway request again, for a resend.
+pub type Rebuild<'a> = &'a (dyn Fn() -> Result<GatewayRequest, ProxyError> + Sync);
+
 /// Sends `request` and reads the whole response within `timeout`.
+/// `rebuild` makes the same request again should it need resending, so
+/// that no copy is made for the common case in which it does not.
 ///
 /// Redirects are never followed: a `3xx` is an answer like any other.
 pub async fn forward(
     pool: &GatewayPool,
     request: GatewayRequest,
+    rebuild: Rebuild<'_>,
     timeout: Duration,
     max_body: usize,
 ) -> Result<GatewayResponse, ProxyError> {
     let exchange = async {
-        let (conn, response) = send(pool, request).await?;
+        let (conn, response) = send(pool, request, rebuild).await?;
         read_response(pool, conn, response, max_body).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| {
@@ -52,18 +58,14 @@ pub async fn forward(
 async fn send(
     pool: &GatewayPool,
     request: GatewayRequest,
+    rebuild: Rebuild<'_>,
 ) -> Result<(PooledConn, Response<Incoming>), ProxyError> {
     let mut conn = pool.checkout().await?;
     let may_resend = conn.reused && request.is_idempotent();
     let h2 = conn.sender.is_h2();
-    let (first, spare) = if may_resend {
-        (request.to_http(h2), Some(request))
-    } else {
-        (request.into_http(h2), None)
-    };
 
     let mark = conn.sender.received();
-    let error = match conn.sender.try_send(first).await {
+    let error = match conn.sender.try_send(request.into_http(h2)).await {
         Ok(response) => return Ok((conn, response)),
         Err(error) => error,
     };
@@ -71,7 +73,8 @@ async fn send(
     // SPEC.md: retried only "before any response byte arrived".
     let nothing_back = mark.is_some() && conn.sender.received() == mark;
     let partial = mark.is_some() && !nothing_back;
-    let retry = retry_request(error, spare.filter(|_| nothing_back), partial, h2)?;
+    let resend = (may_resend && nothing_back).then_some(rebuild);
+    let retry = retry_request(error, resend, partial, h2)?;
     debug!("retrying gateway request on a fresh connection");
     pool.note_retry();
     conn = pool.connect().await?;
@@ -88,20 +91,20 @@ async fn send(
 }
 
 /// Decides whether a failed first attempt may be sent again, and with what.
-/// `spare` exists only for an idempotent request on a reused HTTP/1.1
+/// `resend` is given only for an idempotent request on a reused HTTP/1.1
 /// connection that received nothing for it; `partial` says some of the
 /// response did arrive.
 fn retry_request(
     mut error: TrySendError<Request<Full<Bytes>>>,
-    spare: Option<GatewayRequest>,
+    resend: Option<Rebuild<'_>>,
     partial: bool,
     h2: bool,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
     if let Some(unsent) = error.take_message() {
         return Ok(unsent);
     }
-    match spare {
-        Some(spare) if died_before_response(error.error()) => Ok(spare.into_http(h2)),
+    match resend {
+        Some(rebuild) if died_before_response(error.error()) => Ok(rebuild()?.into_http(h2)),
         _ if partial && error.error().is_incomplete_message() => Err(ProxyError::upstream(
             "the gateway closed the connection partway through its response head",
         )),

@@ -38,7 +38,7 @@ impl GatewayRequest {
     /// body the parsed request borrows from: header values and the JSON
     /// body are sliced out of it rather than copied.
     pub fn build(
-        req: ProxyRequest<'_>,
+        req: &ProxyRequest<'_>,
         source: &Bytes,
         target: &TargetUrl,
         authority: &str,
@@ -70,7 +70,7 @@ impl GatewayRequest {
         }
 
         Ok(GatewayRequest {
-            method: req.method,
+            method: req.method.clone(),
             uri,
             headers,
             body,
@@ -98,10 +98,6 @@ impl GatewayRequest {
                 | Method::OPTIONS
                 | Method::TRACE
         )
-    }
-
-    pub fn to_http(&self, h2: bool) -> Request<Full<Bytes>> {
-        self.clone().into_http(h2)
     }
 
     /// The request as hyper sends it. HTTP/1.1 takes the origin form and a
@@ -199,7 +195,7 @@ mod tests {
         let source = Bytes::copy_from_slice(json.as_bytes());
         let req = parse(&source, 100)?;
         let target = parse_target(&req.url).map_err(ProxyError::bad_request)?;
-        GatewayRequest::build(req, &source, &target, "gw:8181")
+        GatewayRequest::build(&req, &source, &target, "gw:8181")
     }
 
     #[test]
@@ -264,7 +260,7 @@ mod tests {
         );
         let req = parse(&source, 100).unwrap();
         let target = parse_target(&req.url).unwrap();
-        let r = GatewayRequest::build(req, &source, &target, "gw:8181").unwrap();
+        let r = GatewayRequest::build(&req, &source, &target, "gw:8181").unwrap();
         let value = r.headers["x-a"].as_bytes().as_ptr() as usize;
         let base = source.as_ptr() as usize;
         assert!(value >= base && value < base + source.len());

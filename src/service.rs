@@ -131,12 +131,20 @@ async fn proxy<'s>(
     let (index, gateway, pool) = state.match_gateway(&target, user)?;
     (trace.gateway, trace.gateway_index) = (Some(gateway), Some(index));
 
-    let mut outgoing = GatewayRequest::build(parsed, &body, &target, &gateway.authority)?;
-    outgoing.set_request_id(request_id);
+    // Built again rather than copied up front for the rare resend
+    // (forward.rs): from the same input, the second build cannot fail.
+    let outgoing = || {
+        GatewayRequest::build(&parsed, &body, &target, &gateway.authority).map(|mut request| {
+            request.set_request_id(request_id);
+            request
+        })
+    };
+    let first = outgoing()?;
     let sent = Instant::now();
     let answer = forward(
         pool,
-        outgoing,
+        first,
+        &outgoing,
         shared.timeouts.response,
         shared.limits.max_response_body_bytes,
     )

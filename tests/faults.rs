@@ -76,16 +76,20 @@ async fn call(gw: &Gwproxy, method: &str, url: String) -> (StatusCode, Value) {
 /// Reads one HTTP/1.1 request (head and `Content-Length` body); returns its
 /// request line, or `None` when the peer closed or sent something else.
 async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).await.ok()? == 0 {
-        return None;
-    }
+    let whole = read_whole_request(reader).await?;
+    Some(whole.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Reads one HTTP/1.1 request and returns all of it, head and body, as text.
+async fn read_whole_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
+    let mut whole = String::new();
     let mut length = 0;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).await.ok()? == 0 {
             return None;
         }
+        whole.push_str(&line);
         if line == "\r\n" {
             break;
         }
@@ -97,7 +101,8 @@ async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String>
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).await.ok()?;
-    Some(request_line.trim_end().to_owned())
+    whole.push_str(&String::from_utf8_lossy(&body));
+    Some(whole)
 }
 
 fn http_ok(body: &str) -> String {
@@ -396,6 +401,63 @@ async fn get_is_retried_after_a_reused_connection_closes_but_post_is_not() {
 #[tokio::test]
 async fn get_is_retried_after_a_reused_connection_resets_but_post_is_not() {
     retries_idempotent_requests_once_on_a_fresh_connection(true).await;
+}
+
+/// The resend after a keep-alive race is built again rather than copied
+/// (forward.rs): the gateway must see the very same request twice.
+#[tokio::test]
+async fn a_resent_request_is_the_request_first_sent() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (record, count) = (seen.clone(), connections.clone());
+    // Connection 1 answers once and dies under its second request;
+    // connection 2 answers.
+    let faulty = raw_upstream(move |stream| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let record = record.clone();
+        async move {
+            let mut reader = BufReader::new(stream);
+            for answered in 0.. {
+                let Some(request) = read_whole_request(&mut reader).await else {
+                    return;
+                };
+                record.lock().unwrap().push(request);
+                if n == 1 && answered == 1 {
+                    return;
+                }
+                let answer = http_ok(&format!("connection {n}"));
+                if reader.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let (gw, _healthy) = proxy_with_faulty(faulty, one_worker(json!({}))).await;
+    let request = json!({
+        "method": "PUT",
+        "url": format!("http://{faulty}/resend?q=1"),
+        "headers": { "X-Kept": "yes", "Content-Type": "text/plain" },
+        "body": "the same body",
+    });
+
+    let (status, _) = gw.proxy(request.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = gw.proxy(request).await;
+    assert_eq!(
+        (status, &body["body"]),
+        (StatusCode::OK, &json!("connection 2"))
+    );
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[1].starts_with("PUT /resend?q=1 "), "{}", seen[1]);
+    assert!(seen[1].contains("x-request-id: "), "{}", seen[1]);
+    assert!(seen[1].ends_with("the same body"), "{}", seen[1]);
+    assert_eq!(
+        seen[1], seen[2],
+        "the resend differs from the first attempt"
+    );
 }
 
 /// A loopback listener that never accepts, with its one-slot accept queue

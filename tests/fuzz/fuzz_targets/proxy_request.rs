@@ -28,9 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let authority = GatewayTarget::parse(&request.url)
         .map(|gateway| gateway.authority())
         .unwrap_or_else(|_| "127.0.0.1:8181".to_owned());
-    if let Ok(built) = GatewayRequest::build(request, &source, &target, &authority) {
+    if let Ok(built) = GatewayRequest::build(&request, &source, &target, &authority) {
         // What gwproxy would hand to hyper must be a well-formed request.
-        let _ = built.to_http(false);
+        let _ = built.clone().into_http(false);
         let _ = built.into_http(true);
     }
 });
