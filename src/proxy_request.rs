@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use http::Method;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -40,22 +40,28 @@ pub enum RequestBody<'a> {
 /// two `url`s would let one component check one and another use the other.
 ///
 /// The body is checked as UTF-8 once, up front (RFC 8259 section 8.1):
-/// serde_json then reads it as text and does not check each string and
-/// each raw field again, as it must when it reads bytes.
+/// serde_json then reads it as text and does not check each string again,
+/// as it must when it reads bytes. One pass reads every field; a field of
+/// the wrong type is noted and reported once the whole body proved JSON.
 pub fn parse(bytes: &[u8], max_headers: usize) -> Result<ProxyRequest<'_>, ProxyError> {
     let json = std::str::from_utf8(bytes).map_err(|e| {
         ProxyError::bad_request(format!("request body must be a JSON object in UTF-8: {e}"))
     })?;
-    let fields: RawFields<'_> = serde_json::from_str(json)
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let fields = FieldsVisitor { max_headers }
+        .deserialize(&mut deserializer)
+        .and_then(|fields| deserializer.end().map(|()| fields))
         .map_err(|e| ProxyError::bad_request(format!("request body must be a JSON object: {e}")))?;
 
-    let method = parse_method(required(fields.method, "method")?)?;
-    let url = text(required(fields.url, "url")?)
+    let method = required(fields.method, "method")?
+        .ok_or_else(|| ProxyError::bad_request("field `method` must be a string"))?;
+    let method = parse_method(&method)?;
+    let url = required(fields.url, "url")?
         .ok_or_else(|| ProxyError::bad_request("field `url` must be a string"))?;
-    let headers = match fields.headers {
-        Some(raw) if raw.get() != "null" => parse_headers(raw, max_headers)?,
-        _ => Vec::new(),
-    };
+    let headers = fields
+        .headers
+        .unwrap_or(Ok(Vec::new()))
+        .map_err(ProxyError::bad_request)?;
     let body = parse_body(fields.body)?;
 
     Ok(ProxyRequest {
@@ -66,17 +72,15 @@ pub fn parse(bytes: &[u8], max_headers: usize) -> Result<ProxyRequest<'_>, Proxy
     })
 }
 
-fn required<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<&'a RawValue, ProxyError> {
-    raw.ok_or_else(|| ProxyError::bad_request(format!("field `{name}` is required")))
+fn required<T>(field: Option<T>, name: &str) -> Result<T, ProxyError> {
+    field.ok_or_else(|| ProxyError::bad_request(format!("field `{name}` is required")))
 }
 
 /// RFC 9110 section 9.1: methods are case-sensitive tokens, but callers of
 /// the Dashboard write `get` and mean GET, so the standard ones are
 /// upper-cased and the rest are sent as given.
-fn parse_method(raw: &RawValue) -> Result<Method, ProxyError> {
-    let name =
-        text(raw).ok_or_else(|| ProxyError::bad_request("field `method` must be a string"))?;
-    let method = standard_method(&name)
+fn parse_method(name: &str) -> Result<Method, ProxyError> {
+    let method = standard_method(name)
         .map(Ok)
         .unwrap_or_else(|| Method::from_bytes(name.as_bytes()))
         .map_err(|_| ProxyError::bad_request("field `method` is not an HTTP method token"))?;
@@ -106,13 +110,6 @@ fn standard_method(name: &str) -> Option<Method> {
         .find(|m| m.as_str().eq_ignore_ascii_case(name))
 }
 
-fn parse_headers<'a>(raw: &'a RawValue, max: usize) -> Result<HeaderPairs<'a>, ProxyError> {
-    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-    deserializer
-        .deserialize_map(HeadersVisitor { max })
-        .map_err(|e| ProxyError::bad_request(e.to_string()))
-}
-
 fn parse_body(raw: Option<&RawValue>) -> Result<RequestBody<'_>, ProxyError> {
     let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
         return Ok(RequestBody::None);
@@ -134,85 +131,218 @@ fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
         .map(|t| t.0)
 }
 
-/// The four known fields, each kept as raw JSON so that each can be given
-/// its own error message.
+/// The four known fields as read. `method` and `url` are `Some(None)`
+/// when present but not strings; `headers` holds its own error message;
+/// `body` is kept as raw JSON, to be sent byte for byte.
 #[derive(Default)]
-struct RawFields<'a> {
-    method: Option<&'a RawValue>,
-    url: Option<&'a RawValue>,
-    headers: Option<&'a RawValue>,
+struct Fields<'a> {
+    method: Option<Option<Cow<'a, str>>>,
+    url: Option<Option<Cow<'a, str>>>,
+    headers: Option<Result<HeaderPairs<'a>, String>>,
     body: Option<&'a RawValue>,
 }
 
-impl<'de> Deserialize<'de> for RawFields<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(FieldsVisitor)
+struct FieldsVisitor {
+    max_headers: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
     }
 }
 
-struct FieldsVisitor;
-
 impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = RawFields<'de>;
+    type Value = Fields<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = RawFields::default();
+        let mut fields = Fields::default();
         while let Some(key) = map.next_key::<Text<'de>>()? {
-            let slot = match key.0.as_ref() {
-                "method" => &mut fields.method,
-                "url" => &mut fields.url,
-                "headers" => &mut fields.headers,
-                "body" => &mut fields.body,
+            let fresh = match key.0.as_ref() {
+                "method" => fields
+                    .method
+                    .replace(map.next_value::<MaybeText>()?.0)
+                    .is_none(),
+                "url" => fields
+                    .url
+                    .replace(map.next_value::<MaybeText>()?.0)
+                    .is_none(),
+                "headers" => {
+                    let headers = map.next_value_seed(HeadersVisitor {
+                        max: self.max_headers,
+                    })?;
+                    fields.headers.replace(headers).is_none()
+                }
+                "body" => fields.body.replace(map.next_value()?).is_none(),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
-                    continue;
+                    true
                 }
             };
-            if slot.is_some() {
+            if !fresh {
                 return Err(de::Error::custom(format_args!(
                     "duplicate field `{}`",
                     key.0
                 )));
             }
-            *slot = Some(map.next_value()?);
         }
         Ok(fields)
     }
 }
 
+/// `headers`: an object of strings, or `null` for none. Anything else is
+/// read to its end and becomes the error message, so that the rest of the
+/// body is still checked as JSON first.
 struct HeadersVisitor {
     max: usize,
 }
 
+impl<'de> DeserializeSeed<'de> for HeadersVisitor {
+    type Value = Result<HeaderPairs<'de>, String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
 impl<'de> Visitor<'de> for HeadersVisitor {
-    type Value = HeaderPairs<'de>;
+    type Value = Result<HeaderPairs<'de>, String>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("field `headers` to be an object of strings")
     }
 
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Ok(Vec::new()))
+    }
+
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut headers = Vec::with_capacity(map.size_hint().unwrap_or(8).min(self.max));
+        let mut refused = None;
         while let Some(name) = map.next_key::<Text<'de>>()? {
+            if refused.is_some() {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
             if headers.len() == self.max {
-                return Err(de::Error::custom(format_args!(
+                refused = Some(format!(
                     "field `headers` has more than {} entries",
                     self.max
-                )));
+                ));
+                map.next_value::<IgnoredAny>()?;
+                continue;
             }
-            let value = map.next_value::<Text<'de>>().map_err(|_| {
-                de::Error::custom(format_args!(
-                    "header `{}` must have a string value",
-                    shorten(&name.0)
-                ))
-            })?;
-            headers.push((name.0, value.0));
+            match map.next_value::<MaybeText>()?.0 {
+                Some(value) => headers.push((name.0, value)),
+                None => {
+                    refused = Some(format!(
+                        "header `{}` must have a string value",
+                        shorten(&name.0)
+                    ))
+                }
+            }
         }
-        Ok(headers)
+        Ok(refused.map_or(Ok(headers), Err))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq)?;
+        Ok(Err(NOT_AN_OBJECT.to_owned()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err(NOT_AN_OBJECT.to_owned()))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err(NOT_AN_OBJECT.to_owned()))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err(NOT_AN_OBJECT.to_owned()))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err(NOT_AN_OBJECT.to_owned()))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err(NOT_AN_OBJECT.to_owned()))
+    }
+}
+
+const NOT_AN_OBJECT: &str = "field `headers` must be an object of strings";
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Any JSON value: a string's text, or `None` for anything else, which is
+/// read to its end and dropped.
+struct MaybeText<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for MaybeText<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MaybeTextVisitor)
+    }
+}
+
+struct MaybeTextVisitor;
+
+impl<'de> Visitor<'de> for MaybeTextVisitor {
+    type Value = MaybeText<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(MaybeText(Some(Cow::Borrowed(s))))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(MaybeText(Some(Cow::Owned(s.to_owned()))))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        Ok(MaybeText(Some(Cow::Owned(s))))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(MaybeText(None))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(MaybeText(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(MaybeText(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(MaybeText(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(MaybeText(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq)?;
+        Ok(MaybeText(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MaybeText(None))
     }
 }
 
@@ -345,6 +475,18 @@ mod tests {
         assert!(err(r#"{"method":"GET","url":"u","headers":[]}"#).contains("object of strings"));
         assert!(err(r#"{"method":"GET","url":"u","headers":{"a":1}}"#).contains("header `a`"));
         assert!(err(r#"{"method":"GET","url":"u","url":"v"}"#).contains("duplicate field `url`"));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_reported_only_for_a_whole_json_body() {
+        assert!(err(r#"{"method":{"a":[1,{}]},"url":"u"}"#).contains("`method` must be a string"));
+        assert!(err(r#"{"method":"GET","url":null}"#).contains("`url` must be a string"));
+        assert!(err(r#"{"method":"GET","url":"u","headers":"x"}"#).contains("object of strings"));
+        let detail = err(r#"{"method":7,"url":"u","headers":{"a":1}"#);
+        assert!(detail.contains("must be a JSON object"), "{detail}");
+        let detail =
+            err(r#"{"method":"GET","url":"u","headers":{"a":"1","b":"2","c":"3","d":"4"},}"#);
+        assert!(detail.contains("must be a JSON object"), "{detail}");
     }
 
     #[test]
