@@ -46,10 +46,18 @@ chmod 755 "$WORK_DIR"
 trap stop_started EXIT
 trap 'exit 130' INT TERM
 
+# Debian packages for the tools, installed when missing and run as root.
+PACKAGES=(valgrind nginx nghttp2-client curl)
+missing=()
 for tool in valgrind callgrind_control nginx h2load curl python3; do
-  command -v "$tool" >/dev/null ||
-    die "missing $tool (Debian: apt-get install -y valgrind nginx nghttp2-client curl)"
+  command -v "$tool" >/dev/null || missing+=("$tool")
 done
+if ((${#missing[@]} > 0)); then
+  ((EUID == 0)) || die "missing ${missing[*]} (Debian: apt-get install -y ${PACKAGES[*]})"
+  log "installing ${PACKAGES[*]}"
+  apt-get install -y "${PACKAGES[@]}" >/dev/null ||
+    { apt-get update >/dev/null && apt-get install -y "${PACKAGES[@]}" >/dev/null; }
+fi
 if [[ -z $GWPROXY_BIN ]]; then
   log "building gwproxy (cargo build --release --bins)"
   cargo build --release --bins >&2
