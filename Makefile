@@ -43,7 +43,7 @@ lint:
 bench:
 	bash benches/bench.sh
 
-## bench-instructions: user-space instructions per request, gwproxy beside nginx, by callgrind (noise-free)
+## bench-instructions: user-space instructions per request beside nginx, by callgrind (repeatable)
 bench-instructions:
 	bash benches/instructions.sh
 

@@ -188,7 +188,8 @@ REPORT=$RESULTS_DIR/instructions-$(date +%Y-%m-%d-%H%M%S).md
 {
   echo "# User-space instructions per proxied request, $(date '+%Y-%m-%d %H:%M:%S %Z')"
   echo
-  echo "gwproxy $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(valgrind --version)." \
+  echo "gwproxy $(git rev-parse --short HEAD 2>/dev/null || echo '?')," \
+    "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(valgrind --version)." \
     "h2load --h1, $REQUESTS requests over $CONNECTIONS connections after $WARMUP to warm up."
   echo
   echo "| contender | instructions per request |"
@@ -210,7 +211,8 @@ REPORT=$RESULTS_DIR/instructions-$(date +%Y-%m-%d-%H%M%S).md
         fn = $0; sub(/^.*%\)  */, "", fn); sub(/ \[.*$/, "", fn)
         sub(/^[^ ]*\.(rs|c|h|S):/, "", fn)
         # The runtime frames that hold everything are left out.
-        if (fn ~ /^(main|gwproxy::main|std::|tokio::runtime::|core::ops::function|\?\?\?|\(below main\))/) next
+        if (fn ~ /^(main|gwproxy::main|std::|tokio::runtime::|core::ops::function)/) next
+        if (fn ~ /^(\?\?\?|\(below main\))/) next
         if (!(fn in seen) && ir / n >= 1000 && shown++ < 30) printf "%8d  %s\n", ir / n, fn
         seen[fn] = 1
       }'
