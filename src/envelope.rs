@@ -52,32 +52,31 @@ fn estimate_len(headers: &HeaderMap, body: &[u8]) -> usize {
 /// the last"), so each member is written in one pass with no lookups.
 fn write_headers(out: &mut Vec<u8>, headers: HeaderMap) {
     out.push(b'{');
-    let mut members = 0;
+    // A member's string stays open until the next member or the end, so
+    // that further values of the same name can be appended to it.
+    let mut open = false;
     let mut skipping = false;
     for (name, value) in headers {
         match name {
             Some(name) => {
-                if members > 0 && !skipping {
-                    out.push(b'"');
-                }
                 skipping = name == TRANSFER_ENCODING;
                 if skipping {
                     continue;
                 }
-                if members > 0 {
-                    out.push(b',');
+                if open {
+                    out.extend_from_slice(b"\",");
                 }
-                members += 1;
                 out.push(b'"');
                 write_canonical_name(out, name.as_str());
                 out.extend_from_slice(b"\":\"");
+                open = true;
             }
             None if skipping => continue,
             None => out.extend_from_slice(b", "),
         }
         write_json_contents(out, value.as_bytes());
     }
-    if members > 0 && !skipping {
+    if open {
         out.push(b'"');
     }
     out.push(b'}');

@@ -123,27 +123,14 @@ const PLAIN: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < table.len() {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-            );
+        table[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
+    }
+    let others = b"-._~!$&()*+,;=:@";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
     }
     table
 };

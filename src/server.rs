@@ -395,11 +395,11 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
-/// HTTP/1.1 and h2 (prior knowledge, or ALPN under TLS) on one listener,
-/// with the limits from the config.
 /// The header count hyper's HTTP/1 parser allows when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
+/// HTTP/1.1 and h2 (prior knowledge, or ALPN under TLS) on one listener,
+/// with the limits from the config.
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let limits = &config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
