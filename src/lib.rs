@@ -18,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway_match;
 pub mod gateway_request;
+pub mod h2_conns;
 pub mod in_flight;
 pub mod json_check;
 pub mod metrics;

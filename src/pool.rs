@@ -17,27 +17,28 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::error::ProxyError;
+use crate::h2_conns::{Checkout, H2Conns, Opening, Stream};
 use crate::metrics::GatewayMetrics;
 use crate::observed_io::{ByteCount, Observed};
 use crate::tls_client::describe_failure;
 
-type Body = Full<Bytes>;
+pub type Body = Full<Bytes>;
 
 /// The connections to one gateway.
 ///
 /// HTTP/1.1 checkout takes the most recently used idle connection (LIFO):
 /// the one least likely to have been closed by the gateway's keep-alive
 /// timer, which also lets surplus connections age out at the bottom of the
-/// stack. A gateway that negotiates h2 by ALPN gets one shared, multiplexed
-/// connection instead. Each gateway has its own locks, held only to push,
-/// pop or clone.
+/// stack. A gateway that negotiates h2 by ALPN gets shared, multiplexed
+/// connections instead ([`H2Conns`]). Each gateway has its own locks, held
+/// only to push, pop or clone.
 #[derive(Debug)]
 pub struct GatewayPool {
     /// `host:port` as resolved for every new connection.
     address: String,
     tls: Option<GatewayTls>,
     idle: Mutex<Vec<IdleConn>>,
-    shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h2: H2Conns,
     settings: PoolSettings,
     stats: Arc<GatewayMetrics>,
 }
@@ -57,6 +58,8 @@ pub struct PoolSettings {
     /// balancers 60 s) so that gwproxy, not the gateway, closes first.
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Requests one h2 connection carries at once before another opens.
+    pub h2_max_streams: usize,
 }
 
 #[derive(Debug)]
@@ -104,7 +107,7 @@ impl GatewayPool {
             address,
             tls,
             idle: Mutex::new(Vec::new()),
-            shared_h2: Mutex::new(None),
+            h2: H2Conns::new(settings.h2_max_streams),
             settings,
             stats,
         });
@@ -112,11 +115,16 @@ impl GatewayPool {
         pool
     }
 
-    /// The shared h2 connection, a live idle one, or a new one.
+    /// A stream on a shared h2 connection, a live idle HTTP/1.1 one, or a
+    /// new one.
     pub async fn checkout(&self) -> Result<PooledConn, ProxyError> {
-        if let Some(sender) = self.live_h2() {
-            return Ok(self.checked_out(Sender::Http2(sender), true));
-        }
+        let opening = match self.h2.checkout().await {
+            Checkout::Ready(sender, stream) => {
+                return Ok(self.checked_out(Sender::Http2(sender, stream), true));
+            }
+            Checkout::Open(opening) => return self.connect_as(Some(opening)).await,
+            Checkout::NotH2 => None,
+        };
         while let Some(mut idle) = self.pop_idle() {
             // Resolves at once on a live connection; fails on one the
             // gateway closed while it sat in the pool.
@@ -125,17 +133,22 @@ impl GatewayPool {
             }
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        self.connect().await
+        self.connect_as(opening).await
     }
 
     /// Opens a new connection, TLS handshake included, within the connect
     /// timeout.
+    pub async fn connect(&self) -> Result<PooledConn, ProxyError> {
+        self.connect_as(None).await
+    }
+
+    /// Opens a new connection; `opening` is the h2 opening it fulfils.
     ///
     /// Boxed: the TLS handshake's state is kilobytes, and inline it would
     /// make every request's future that large, to be moved (copied) on
     /// each poll setup even though most requests reuse a connection.
-    pub async fn connect(&self) -> Result<PooledConn, ProxyError> {
-        Box::pin(self.connect_inline()).await
+    async fn connect_as(&self, opening: Option<Opening<'_>>) -> Result<PooledConn, ProxyError> {
+        Box::pin(self.connect_inline(opening)).await
     }
 
     /// Returns a connection whose response was read to the end. (An h2
@@ -177,9 +190,9 @@ impl GatewayPool {
         }
     }
 
-    async fn connect_inline(&self) -> Result<PooledConn, ProxyError> {
+    async fn connect_inline(&self, opening: Option<Opening<'_>>) -> Result<PooledConn, ProxyError> {
         let timeout = self.settings.connect_timeout;
-        let sender = tokio::time::timeout(timeout, self.open())
+        let opened = tokio::time::timeout(timeout, self.open())
             .await
             .map_err(|_| {
                 ProxyError::upstream(format!(
@@ -188,15 +201,21 @@ impl GatewayPool {
                 ))
             })??;
 
-        let h2 = matches!(sender, Sender::Http2(_));
-        debug!(address = %self.address, h2, "opened gateway connection");
-        if let Sender::Http2(shared) = &sender {
-            *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
-        }
+        debug!(address = %self.address, h2 = opened.is_h2(), "opened gateway connection");
+        let sender = match opened {
+            Handshaken::Http1(sender, received) => {
+                self.h2.speaks_http1(opening);
+                Sender::Http1(sender, received)
+            }
+            Handshaken::Http2(sender) => {
+                let stream = self.h2.add(sender.clone(), opening);
+                Sender::Http2(sender, stream)
+            }
+        };
         Ok(self.checked_out(sender, false))
     }
 
-    async fn open(&self) -> Result<Sender, ProxyError> {
+    async fn open(&self) -> Result<Handshaken, ProxyError> {
         let tcp = self.open_tcp().await?;
         let Some(tls) = &self.tls else {
             return handshake(tcp, false).await;
@@ -236,18 +255,6 @@ impl GatewayPool {
         })
     }
 
-    fn live_h2(&self) -> Option<http2::SendRequest<Body>> {
-        let mut shared = self.shared_h2.lock().unwrap_or_else(|p| p.into_inner());
-        match shared.as_ref() {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                *shared = None;
-                None
-            }
-            None => None,
-        }
-    }
-
     fn pop_idle(&self) -> Option<IdleConn> {
         let mut idle = self.lock();
         while let Some(conn) = idle.pop() {
@@ -264,6 +271,7 @@ impl GatewayPool {
     /// the gateway, so that they do not hold sockets until next checkout.
     fn evict_expired(&self) {
         let timeout = self.settings.idle_timeout;
+        self.h2.evict_idle(timeout);
         let mut idle = self.lock();
         let before = idle.len();
         idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
@@ -300,20 +308,33 @@ pub enum Sender {
     /// With the bytes the connection has received so far: a failed request
     /// may be retried only if none arrived for it.
     Http1(http1::SendRequest<Body>, Arc<ByteCount>),
-    /// Streams share the connection, so bytes cannot be told apart.
+    /// With the request's stream on it. Streams share the connection, so
+    /// bytes cannot be told apart.
+    Http2(http2::SendRequest<Body>, Stream),
+}
+
+/// A connection just opened, before it joins the pool.
+enum Handshaken {
+    Http1(http1::SendRequest<Body>, Arc<ByteCount>),
     Http2(http2::SendRequest<Body>),
+}
+
+impl Handshaken {
+    fn is_h2(&self) -> bool {
+        matches!(self, Handshaken::Http2(_))
+    }
 }
 
 impl Sender {
     pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::Http2(_))
+        matches!(self, Sender::Http2(..))
     }
 
     /// Bytes received so far on an HTTP/1.1 connection.
     pub fn received(&self) -> Option<u64> {
         match self {
             Sender::Http1(_, received) => Some(received.get()),
-            Sender::Http2(_) => None,
+            Sender::Http2(..) => None,
         }
     }
 
@@ -324,14 +345,14 @@ impl Sender {
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         match self {
             Sender::Http1(sender, _) => sender.try_send_request(request).await,
-            Sender::Http2(sender) => sender.try_send_request(request).await,
+            Sender::Http2(sender, _) => sender.try_send_request(request).await,
         }
     }
 }
 
 /// The HTTP handshake on a connected stream; the connection's I/O then
 /// runs in its own task until either side closes it.
-async fn handshake<I>(io: I, h2: bool) -> Result<Sender, ProxyError>
+async fn handshake<I>(io: I, h2: bool) -> Result<Handshaken, ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -343,13 +364,13 @@ where
             .await
             .map_err(failed)?;
         spawn_connection(connection);
-        return Ok(Sender::Http2(sender));
+        return Ok(Handshaken::Http2(sender));
     }
     let received = Arc::new(ByteCount::default());
     let io = TokioIo::new(Observed::new(io.into_inner(), received.clone()));
     let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(failed)?;
     spawn_connection(connection);
-    Ok(Sender::Http1(sender, received))
+    Ok(Handshaken::Http1(sender, received))
 }
 
 fn spawn_connection<F>(connection: F)

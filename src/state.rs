@@ -80,6 +80,7 @@ impl Shared {
                 max_idle: config.pool.max_idle_per_gateway,
                 idle_timeout: config.pool.idle_timeout,
                 connect_timeout: config.timeouts.connect,
+                h2_max_streams: config.pool.h2_max_streams_per_connection,
             },
             registry,
             metrics_on_main: config.metrics.enabled && config.metrics.listen.is_none(),

@@ -160,6 +160,8 @@ struct TlsGateway {
     addr: SocketAddr,
     /// TCP connections accepted, handshake or not.
     connections: Arc<AtomicUsize>,
+    /// Connections that completed the TLS handshake and have since closed.
+    closed: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -169,17 +171,19 @@ impl TlsGateway {
         let gateway = TlsGateway {
             addr: listener.local_addr().unwrap(),
             connections: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(Mutex::new(Vec::new())),
         };
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (count, seen) = (gateway.connections.clone(), gateway.seen.clone());
+        let closed = gateway.closed.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 count.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                let (acceptor, seen, closed) = (acceptor.clone(), seen.clone(), closed.clone());
                 tokio::spawn(async move {
                     let Ok(Ok(tls)) = timeout(WAIT, acceptor.accept(tcp)).await else {
                         return;
@@ -222,6 +226,7 @@ impl TlsGateway {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -274,7 +279,12 @@ fn server_config(leaf: &Leaf, alpn: &[&[u8]], client_ca: Option<&Ca>) -> ServerC
 /// One worker, so that connection counts speak of one pool (each worker
 /// has its own).
 fn start_gwproxy(gateways: Vec<Value>) -> Gwproxy {
-    let extra = json!({ "gateways": gateways, "workers": 1 });
+    start_gwproxy_with_pool(gateways, json!({}))
+}
+
+/// [`start_gwproxy`] with these `pool` keys.
+fn start_gwproxy_with_pool(gateways: Vec<Value>, pool: Value) -> Gwproxy {
+    let extra = json!({ "gateways": gateways, "workers": 1, "pool": pool });
     Gwproxy::start(Gwproxy::config(&[], extra))
 }
 
@@ -606,6 +616,49 @@ async fn https_gateway_that_negotiates_h2_serves_concurrent_requests_on_one_conn
         1,
         "h2 is multiplexed"
     );
+}
+
+/// Past `pool.h2_max_streams_per_connection` requests in flight on every
+/// h2 connection, gwproxy opens another; requests that arrive meanwhile
+/// wait for that one rather than each opening its own. Connections that
+/// then carry nothing for `pool.idle_timeout_ms` are closed.
+#[tokio::test]
+async fn an_h2_gateway_gets_one_more_connection_per_max_streams_requests() {
+    let ca = Ca::new("h2 streams CA");
+    let config = server_config(&ca.server_cert(&["localhost"]), &[b"h2"], None);
+    let server = TlsGateway::start(config, Duration::from_millis(400)).await;
+    let ca_file = ca.file();
+    let gw = Arc::new(start_gwproxy_with_pool(
+        vec![json!({ "url": server.url("localhost", ""), "ca_file": ca_file.0 })],
+        json!({ "h2_max_streams_per_connection": 2, "idle_timeout_ms": 600 }),
+    ));
+    assert_proxied(&gw, &server.url("localhost", "/warm")).await;
+
+    // Seven at once: two fit on the first connection, the other five
+    // need three more.
+    let requests: Vec<_> = (0..7)
+        .map(|i| {
+            let (gw, url) = (gw.clone(), server.url("localhost", &format!("/s/{i}")));
+            tokio::spawn(async move { assert_proxied(&gw, &url).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap()["version"], "HTTP/2.0");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 4);
+
+    // All four idle out (the sweep runs every half idle timeout).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.closed.load(Ordering::SeqCst) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 4 idle h2 connections closed",
+            server.closed.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_proxied(&gw, &server.url("localhost", "/again")).await;
+    assert_eq!(server.connections.load(Ordering::SeqCst), 5);
 }
 
 /// RFC 9113 section 8.3.1: a client that generates HTTP/2 requests

@@ -261,13 +261,15 @@ impl Default for Timeouts {
     }
 }
 
-/// Key `pool`: the idle connections kept to each gateway.
+/// Key `pool`: the connections kept to each gateway.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// (`max_idle_per_gateway`)
     pub max_idle_per_gateway: usize,
     /// (`idle_timeout_ms`)
     pub idle_timeout: Duration,
+    /// (`h2_max_streams_per_connection`)
+    pub h2_max_streams_per_connection: usize,
 }
 
 impl PoolConfig {
@@ -275,6 +277,9 @@ impl PoolConfig {
     /// Below nginx's 75 s and cloud balancers' 60 s, so gwproxy drops an idle
     /// connection before the gateway does and never writes into a closing one.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+    /// RFC 9113 section 6.5.2 recommends servers allow at least 100
+    /// concurrent streams, so this many fit within any server that does.
+    pub const DEFAULT_H2_MAX_STREAMS_PER_CONNECTION: usize = 100;
 }
 
 impl Default for PoolConfig {
@@ -282,6 +287,7 @@ impl Default for PoolConfig {
         PoolConfig {
             max_idle_per_gateway: PoolConfig::DEFAULT_MAX_IDLE_PER_GATEWAY,
             idle_timeout: PoolConfig::DEFAULT_IDLE_TIMEOUT,
+            h2_max_streams_per_connection: PoolConfig::DEFAULT_H2_MAX_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -473,6 +479,7 @@ mod tests {
             (pool.max_idle_per_gateway, pool.idle_timeout),
             (256, secs(50))
         );
+        assert_eq!(pool.h2_max_streams_per_connection, 100);
     }
 
     #[test]
@@ -484,7 +491,8 @@ mod tests {
               "max_concurrent_requests": 5, "max_connections": 6 },
             "timeouts": { "request_header_ms": 1, "request_body_ms": 2, "idle_ms": 3,
               "connect_ms": 4, "response_ms": 5, "shutdown_grace_ms": 6 },
-            "pool": { "max_idle_per_gateway": 7, "idle_timeout_ms": 8 }"#,
+            "pool": { "max_idle_per_gateway": 7, "idle_timeout_ms": 8,
+              "h2_max_streams_per_connection": 9 }"#,
         );
         let config = Config::from_json(&text).unwrap();
         let (l, t, ms) = (&config.limits, &config.timeouts, Duration::from_millis);
@@ -510,6 +518,7 @@ mod tests {
             (config.pool.max_idle_per_gateway, config.pool.idle_timeout),
             (7, ms(8))
         );
+        assert_eq!(config.pool.h2_max_streams_per_connection, 9);
     }
 
     #[test]

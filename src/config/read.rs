@@ -376,6 +376,10 @@ fn read_pool(field: Field, problems: &mut Problems) -> PoolConfig {
     let mut slots = [
         Slot::Count("max_idle_per_gateway", &mut pool.max_idle_per_gateway),
         Slot::Millis("idle_timeout_ms", &mut pool.idle_timeout),
+        Slot::Count(
+            "h2_max_streams_per_connection",
+            &mut pool.h2_max_streams_per_connection,
+        ),
     ];
     read_tuning(field, &mut slots, problems);
     pool
