@@ -1,12 +1,13 @@
 //! The HTTP request gwproxy sends to a gateway, built from the caller's JSON.
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{self, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::Full;
 
 use crate::error::ProxyError;
 use crate::gateway_match::TargetUrl;
+use crate::observe::X_REQUEST_ID;
 use crate::proxy_request::{shorten, HeaderPairs, ProxyRequest, RequestBody};
 
 /// Everything needed to send (and, once, resend) the request.
@@ -16,6 +17,49 @@ pub struct GatewayRequest {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Whether the caller's headers include `X-Request-Id`.
+    given_request_id: bool,
+}
+
+/// Which of the headers gwproxy may add the caller's JSON already has,
+/// noted as the headers are copied rather than looked up afterwards.
+#[derive(Debug, Default)]
+struct Given {
+    content_type: bool,
+    host: bool,
+    empty_host: bool,
+    request_id: bool,
+}
+
+impl Given {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ProxyError> {
+        if name == CONTENT_TYPE {
+            self.content_type = true;
+        } else if name == HOST {
+            // RFC 9112 section 3.2: a server must refuse a request with
+            // more than one Host line, and gateways would disagree on
+            // which one counts.
+            if self.host {
+                return Err(ProxyError::bad_request(
+                    "header `host` is given more than once",
+                ));
+            }
+            self.host = true;
+            self.empty_host = value.is_empty();
+        } else if name == X_REQUEST_ID {
+            self.request_id = true;
+        }
+        Ok(())
+    }
+
+    fn of(headers: &HeaderMap) -> Given {
+        Given {
+            content_type: headers.contains_key(CONTENT_TYPE),
+            host: headers.contains_key(HOST),
+            empty_host: headers.get(HOST).is_some_and(|h| h.is_empty()),
+            request_id: headers.contains_key(X_REQUEST_ID),
+        }
+    }
 }
 
 /// Headers that describe one connection rather than the message (RFC 9110
@@ -41,7 +85,7 @@ impl GatewayRequest {
         req: &ProxyRequest<'_>,
         source: &Bytes,
         target: &TargetUrl,
-        authority: &str,
+        host: &HeaderValue,
     ) -> Result<Self, ProxyError> {
         let uri = Uri::builder()
             .path_and_query(target.path_and_query.as_str())
@@ -54,19 +98,23 @@ impl GatewayRequest {
             RequestBody::Text(text) => (share(source, text), false),
         };
 
-        let mut headers = caller_headers(&req.headers, source)?;
-        if is_json && !headers.contains_key(CONTENT_TYPE) {
+        let (mut headers, given) = caller_headers(&req.headers, source)?;
+        if is_json && !given.content_type {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        // RFC 9110 section 8.6: a request whose method gives content a
+        // meaning carries Content-Length even when empty, as Go's client
+        // (and so the Dashboard) sends it; some servers answer 411 without.
+        if body.is_empty() && matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         // An empty Host is only valid for a URI without authority (RFC 9112
         // section 3.2), which a gateway URL never is.
-        if headers.get(HOST).is_some_and(|host| host.is_empty()) {
+        if given.empty_host {
             headers.remove(HOST);
         }
-        if !headers.contains_key(HOST) {
-            let host = HeaderValue::from_str(authority)
-                .map_err(|_| ProxyError::bad_request("gateway host is not a valid Host header"))?;
-            headers.insert(HOST, host);
+        if !given.host || given.empty_host {
+            headers.insert(HOST, host.clone());
         }
 
         Ok(GatewayRequest {
@@ -74,15 +122,15 @@ impl GatewayRequest {
             uri,
             headers,
             body,
+            given_request_id: given.request_id,
         })
     }
 
     /// Sends gwproxy's request id along, unless the caller's JSON headers
     /// already name one for the gateway.
     pub fn set_request_id(&mut self, id: &HeaderValue) {
-        let name = HeaderName::from_static("x-request-id");
-        if !self.headers.contains_key(&name) {
-            self.headers.insert(name, id.clone());
+        if !self.given_request_id {
+            self.headers.insert(X_REQUEST_ID, id.clone());
         }
     }
 
@@ -131,8 +179,12 @@ fn absolute_https(origin: &Uri, host: Option<HeaderValue>) -> Option<Uri> {
 ///
 /// Each name is compared with the short hop-by-hop list as it arrives,
 /// which is cheaper than hashing ten removals into the finished map.
-fn caller_headers(pairs: &HeaderPairs<'_>, source: &Bytes) -> Result<HeaderMap, ProxyError> {
-    let mut headers = HeaderMap::with_capacity(pairs.len() + 2);
+fn caller_headers(
+    pairs: &HeaderPairs<'_>,
+    source: &Bytes,
+) -> Result<(HeaderMap, Given), ProxyError> {
+    let mut headers = HeaderMap::with_capacity(pairs.len() + 3);
+    let mut given = Given::default();
     let mut named_by_connection = Vec::new();
     for (name, value) in pairs {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -149,18 +201,23 @@ fn caller_headers(pairs: &HeaderPairs<'_>, source: &Bytes) -> Result<HeaderMap, 
             named_by_connection.extend(connection_options(&value));
         }
         if !is_hop_by_hop(&name) {
+            given.note(&name, &value)?;
             headers.append(name, value);
         }
     }
 
+    if named_by_connection.is_empty() {
+        return Ok((headers, given));
+    }
     for name in &named_by_connection {
         headers.remove(name);
     }
-    Ok(headers)
+    let given = Given::of(&headers);
+    Ok((headers, given))
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH
+    HOP_BY_HOP.contains(name) || name == CONTENT_LENGTH
 }
 
 /// The header names a `Connection` value lists (RFC 9110 section 7.6.1).
@@ -195,7 +252,7 @@ mod tests {
         let source = Bytes::copy_from_slice(json.as_bytes());
         let req = parse(&source, 100)?;
         let target = parse_target(&req.url).map_err(ProxyError::bad_request)?;
-        GatewayRequest::build(&req, &source, &target, "gw:8181")
+        GatewayRequest::build(&req, &source, &target, &HeaderValue::from_static("gw:8181"))
     }
 
     #[test]
@@ -223,6 +280,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.headers[CONTENT_TYPE], "text/x");
+    }
+
+    #[test]
+    fn headers_named_by_connection_count_as_not_given() {
+        let r = build(
+            r#"{"method":"POST","url":"http://gw:8181/","body":{},
+            "headers":{"Connection":"content-type, host","Content-Type":"text/x","Host":"h"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.headers[CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers[HOST], "gw:8181");
     }
 
     #[test]
@@ -260,7 +328,8 @@ mod tests {
         );
         let req = parse(&source, 100).unwrap();
         let target = parse_target(&req.url).unwrap();
-        let r = GatewayRequest::build(&req, &source, &target, "gw:8181").unwrap();
+        let host = HeaderValue::from_static("gw:8181");
+        let r = GatewayRequest::build(&req, &source, &target, &host).unwrap();
         let value = r.headers["x-a"].as_bytes().as_ptr() as usize;
         let base = source.as_ptr() as usize;
         assert!(value >= base && value < base + source.len());

@@ -134,7 +134,7 @@ async fn proxy<'s>(
     // Built again rather than copied up front for the rare resend
     // (forward.rs): from the same input, the second build cannot fail.
     let outgoing = || {
-        GatewayRequest::build(&parsed, &body, &target, &gateway.authority).map(|mut request| {
+        GatewayRequest::build(&parsed, &body, &target, &gateway.host).map(|mut request| {
             request.set_request_id(request_id);
             request
         })

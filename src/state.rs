@@ -41,7 +41,7 @@ pub struct Gateway {
     pub target: GatewayTarget,
     pub org_id: Option<String>,
     /// The `Host` header value sent when the caller gives none.
-    pub authority: String,
+    pub host: http::HeaderValue,
     /// `host:port` to resolve; the bracketed IPv6 form is what
     /// `lookup_host` parses.
     address: String,
@@ -174,11 +174,13 @@ fn gateway(config: &GatewayConfig) -> Result<Gateway, String> {
         Scheme::Http => None,
         Scheme::Https => Some(gateway_tls(config)?),
     };
+    let host = http::HeaderValue::from_str(&target.authority())
+        .map_err(|_| "url: its host is not a valid Host header".to_owned())?;
     Ok(Gateway {
         url: config.url.clone(),
         target: target.clone(),
         org_id: config.org_id.clone(),
-        authority: target.authority(),
+        host,
         address: format!("{}:{}", target.host, target.port),
         tls,
     })

@@ -197,6 +197,28 @@ async fn host_defaults_to_the_gateway_and_the_caller_may_set_it() {
     assert_eq!(received.headers.get_all("host").iter().count(), 1);
 }
 
+/// RFC 9112 section 3.2: two Host lines make a request servers must
+/// refuse, and gateways would disagree on which one counts.
+#[tokio::test]
+async fn host_given_twice_in_any_case_is_400_and_not_sent() {
+    let upstream = Upstream::fixed(200, "text/plain", b"").await;
+    let gw = gwproxy_for(&upstream).await;
+
+    let request = format!(
+        r#"{{"method":"GET","url":"{}","headers":{{"Host":"a.example","host":"b.example"}}}}"#,
+        upstream.url("/two-hosts")
+    );
+    let (status, _, body) = post(&gw, &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let value = common::parse_json(&body);
+    assert_eq!(value["Message"], "Invalid proxy request");
+    assert!(
+        value["Meta"]["detail"].as_str().unwrap().contains("host"),
+        "{value}"
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
 #[tokio::test]
 async fn forwards_json_body_byte_for_byte() {
     let upstream = Upstream::fixed(200, "text/plain", b"").await;
@@ -265,21 +287,28 @@ async fn sends_a_string_body_as_its_decoded_text() {
     assert_eq!(header(&received, "content-type"), None);
 }
 
+/// No body is sent as `Content-Length: 0` for the methods that give a
+/// body meaning (RFC 9110 section 8.6, as Go's client does), and with no
+/// framing header at all for the others.
 #[tokio::test]
 async fn absent_or_null_body_sends_an_empty_body() {
     let upstream = Upstream::fixed(200, "text/plain", b"").await;
     let gw = gwproxy_for(&upstream).await;
 
-    for body in [None, Some(Value::Null)] {
-        let mut request = json!({ "method": "POST", "url": upstream.url("/none") });
-        if let Some(body) = body {
-            request["body"] = body;
+    for method in ["POST", "put", "PATCH", "GET", "DELETE"] {
+        for body in [None, Some(Value::Null)] {
+            let mut request = json!({ "method": method, "url": upstream.url("/none") });
+            if let Some(body) = body {
+                request["body"] = body;
+            }
+            let received = forwarded(&gw, &upstream, &request.to_string()).await;
+            assert!(received.body.is_empty());
+            assert_eq!(header(&received, "content-type"), None);
+            let length = header(&received, "content-length");
+            let expected = ["POST", "put", "PATCH"].contains(&method).then_some("0");
+            assert_eq!(length, expected, "{method}");
+            assert_eq!(header(&received, "transfer-encoding"), None);
         }
-        let received = forwarded(&gw, &upstream, &request.to_string()).await;
-        assert!(received.body.is_empty());
-        assert_eq!(header(&received, "content-type"), None);
-        let length = header(&received, "content-length");
-        assert!(matches!(length, None | Some("0")), "{length:?}");
     }
 }
 

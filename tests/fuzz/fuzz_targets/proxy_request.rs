@@ -25,10 +25,11 @@ fuzz_target!(|data: &[u8]| {
 
     // The authority of the gateway that would have matched; a URL that
     // matches none still exercises the build step with a plausible one.
-    let authority = GatewayTarget::parse(&request.url)
-        .map(|gateway| gateway.authority())
-        .unwrap_or_else(|_| "127.0.0.1:8181".to_owned());
-    if let Ok(built) = GatewayRequest::build(&request, &source, &target, &authority) {
+    let host = GatewayTarget::parse(&request.url)
+        .ok()
+        .and_then(|gateway| http::HeaderValue::from_str(&gateway.authority()).ok())
+        .unwrap_or_else(|| http::HeaderValue::from_static("127.0.0.1:8181"));
+    if let Ok(built) = GatewayRequest::build(&request, &source, &target, &host) {
         // What gwproxy would hand to hyper must be a well-formed request.
         let _ = built.clone().into_http(false);
         let _ = built.into_http(true);
