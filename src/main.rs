@@ -10,6 +10,7 @@ use std::sync::Arc;
 use gwproxy::cli::{self, Command, USAGE};
 use gwproxy::config::{Config, ConfigProblem, LogConfig, LogFormat};
 use gwproxy::server::{Reloader, Server};
+use gwproxy::state;
 use gwproxy::tls_server::ListenerTls;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
@@ -42,20 +43,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints every problem, one per line with its key path.
+/// Prints every problem, one per line with its key path. Past the file's
+/// own keys, the files it names are read as start-up reads them, so that
+/// "ok" means gwproxy would start (but for a port in use).
 fn check_config(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(problems) => {
-            for problem in &problems {
-                println!("{problem}");
-            }
-            ExitCode::from(EXIT_BAD_START)
-        }
+    let problems = match Config::load(path) {
+        Ok(config) => file_problems(&config),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    };
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
     }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    ExitCode::from(EXIT_BAD_START)
+}
+
+/// The listener's certificate and key, and each gateway's TLS files.
+fn file_problems(config: &Config) -> Vec<String> {
+    let listener = config
+        .tls
+        .as_ref()
+        .and_then(|tls| ListenerTls::load(tls).err());
+    let listener = listener.map(|error| format!("tls: {error}"));
+    listener
+        .into_iter()
+        .chain(state::gateway_problems(config))
+        .collect()
 }
 
 fn run(path: Option<&Path>) -> ExitCode {

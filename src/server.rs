@@ -72,12 +72,14 @@ impl Server {
     pub fn bind(config: &Config, tls: Option<Arc<ListenerTls>>) -> Result<Server, String> {
         let registry = Arc::new(Registry::default());
         let shared = Shared::new(config, registry.clone())?;
-        let listeners = listen_all(config.listen, config.workers)
+        let reuse = config.reuse_port;
+        let listeners = listen_all(config.listen, config.workers, reuse)
             .map_err(|e| format!("cannot listen on {} (key `listen`): {e}", config.listen))?;
         let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
             (true, Some(addr)) => Some(
-                listen(addr)
-                    .map_err(|e| format!("cannot listen on {addr} (key `metrics.listen`): {e}"))?,
+                listen_all(addr, 1, reuse)
+                    .map_err(|e| format!("cannot listen on {addr} (key `metrics.listen`): {e}"))?
+                    .remove(0),
             ),
             _ => None,
         };
@@ -369,8 +371,19 @@ async fn drain(connections: &Semaphore, max: usize, grace: Duration) {
 }
 
 /// One listening socket per worker on the same address. The first bind
-/// settles the port when `listen` asks for port 0.
-fn listen_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+/// settles the port when `listen` asks for port 0. Unless `reuse_port`,
+/// a port that another process listens on is refused, even one that
+/// shares with `SO_REUSEPORT` (SPEC.md: a port in use ends start-up).
+fn listen_all(
+    addr: SocketAddr,
+    workers: usize,
+    reuse_port: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if !reuse_port && addr.port() != 0 {
+        // A socket without SO_REUSEPORT cannot bind beside any listener;
+        // it is closed again at once, before gwproxy's own bind.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let first = listen(addr)?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
@@ -386,9 +399,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     // Reuse lets a restarted gwproxy bind while old connections sit in
-    // TIME_WAIT; reuse-port lets the workers, and a new gwproxy during a
-    // zero-downtime restart, listen on the same port. A port held by any
-    // other program still fails to bind.
+    // TIME_WAIT; reuse-port lets the workers, and with `reuse_port` a new
+    // gwproxy during a zero-downtime restart, listen on the same port.
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;

@@ -168,6 +168,20 @@ impl StateCell {
     }
 }
 
+/// Each gateway whose CA, client certificate or name is unusable, as
+/// `gateways[i]: problem`: what `--check-config` finds beyond the file's
+/// own keys, the same checks start-up makes.
+pub fn gateway_problems(config: &Config) -> Vec<String> {
+    let check =
+        |(i, g): (usize, &GatewayConfig)| gateway(g).err().map(|e| format!("gateways[{i}]: {e}"));
+    config
+        .gateways
+        .iter()
+        .enumerate()
+        .filter_map(check)
+        .collect()
+}
+
 fn gateway(config: &GatewayConfig) -> Result<Gateway, String> {
     let target = &config.target;
     let tls = match target.scheme {

@@ -294,6 +294,71 @@ fn a_port_in_use_exits_2_naming_listen() {
     drop(taken);
 }
 
+/// A second gwproxy on a port the first listens on fails start-up, though
+/// both sockets set SO_REUSEPORT; with `reuse_port` on both it binds
+/// beside the first (the zero-downtime restart, tests/multi_instance.rs).
+#[test]
+fn a_port_another_gwproxy_listens_on_is_in_use_unless_reuse_port() {
+    for reuse in [false, true] {
+        let mut config = valid_config("127.0.0.1:0");
+        config["reuse_port"] = json!(reuse);
+        let first_file = TempFile::with(&config.to_string());
+        let mut command = gwproxy();
+        command.arg("--config").arg(first_file.path());
+        let mut first = Running(command.spawn().expect("spawn gwproxy"));
+        let addr = listening_addr(&mut first.0);
+
+        config["listen"] = json!(addr.to_string());
+        let second_file = TempFile::with(&config.to_string());
+        let mut command = gwproxy();
+        command.arg("--config").arg(second_file.path());
+        if reuse {
+            let mut second = Running(command.spawn().expect("spawn gwproxy"));
+            assert_eq!(listening_addr(&mut second.0), addr);
+            continue;
+        }
+        let output = run(command);
+        assert_eq!(output.code, Some(2), "{}", output.both());
+        let line = one_stderr_line(&output);
+        assert!(
+            line.contains("listen") && line.contains(&addr.to_string()),
+            "{line}"
+        );
+        assert_no_panic(&output);
+    }
+}
+
+#[test]
+fn check_config_reads_the_certificate_and_ca_files() {
+    let missing = std::env::temp_dir().join(format!("gwproxy-check-{}.pem", std::process::id()));
+    let mut config = valid_config("127.0.0.1:0");
+    config["tls"] = json!({ "cert_file": missing, "key_file": missing });
+    config["gateways"] = json!([
+        { "url": "http://127.0.0.1:8181" },
+        { "url": "https://127.0.0.1:8443", "ca_file": missing },
+    ]);
+    let file = TempFile::with(&config.to_string());
+    let mut command = gwproxy();
+    command
+        .arg("--check-config")
+        .arg("--config")
+        .arg(file.path());
+    let output = run(command);
+
+    assert_eq!(output.code, Some(2), "{}", output.both());
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let file = missing.display().to_string();
+    assert!(
+        lines[0].starts_with("tls: ") && lines[0].contains(&file),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("gateways[1]: ") && lines[1].contains(&file),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn gwproxy_config_variable_names_a_missing_file() {
     let missing = std::env::temp_dir().join(format!("gwproxy-env-{}.json", std::process::id()));

@@ -182,6 +182,8 @@ fn instance_config(gateway: SocketAddr, listen: SocketAddr) -> Value {
         json!({
             "listen": listen.to_string(),
             "workers": 2,
+            // The zero-downtime restart binds a second instance beside the first.
+            "reuse_port": true,
             "timeouts": { "shutdown_grace_ms": GRACE_MS },
         }),
     )

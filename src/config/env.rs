@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 const OVERRIDABLE: &[&str] = &[
     "listen",
     "workers",
+    "reuse_port",
     "log.level",
     "log.format",
     "log.access_log",
@@ -32,6 +33,7 @@ const OVERRIDABLE: &[&str] = &[
     "timeouts.shutdown_grace_ms",
     "pool.max_idle_per_gateway",
     "pool.idle_timeout_ms",
+    "pool.h2_max_streams_per_connection",
 ];
 
 /// The variable that overrides `key`: `limits.max_connections` →

@@ -36,6 +36,10 @@ pub struct Config {
     /// Key `workers`: event-loop threads, each with its own listening
     /// socket (`SO_REUSEPORT`) and gateway pools; default one per CPU.
     pub workers: usize,
+    /// Key `reuse_port`: whether gwproxy may listen on a port that another
+    /// process with this key set already listens on, as a zero-downtime
+    /// restart needs. Default false: a port in use fails start-up.
+    pub reuse_port: bool,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
 }
@@ -585,6 +589,26 @@ mod tests {
         assert_eq!(message_at("timeouts.idle_ms"), "must be at most 86400000");
         assert_eq!(message_at("pool"), "expected an object");
         assert_eq!(problems.len(), 9, "{problems:#?}");
+    }
+
+    #[test]
+    fn metrics_may_not_listen_on_the_main_port() {
+        let on = |listen: &str, metrics: &str| {
+            let text = with_gateway(&format!(
+                r#", "listen": "{listen}", "metrics": {{ "listen": "{metrics}" }}"#
+            ));
+            Config::from_json(&text).map_or_else(
+                |problems| problems.into_iter().map(|p| p.path).collect(),
+                |_| Vec::new(),
+            )
+        };
+        assert_eq!(on("127.0.0.1:3000", "127.0.0.1:3000"), ["metrics.listen"]);
+        assert_eq!(on("0.0.0.0:3000", "127.0.0.1:3000"), ["metrics.listen"]);
+        assert_eq!(on("127.0.0.1:3000", "0.0.0.0:3000"), ["metrics.listen"]);
+        assert!(on("127.0.0.1:3000", "127.0.0.1:3001").is_empty());
+        assert!(on("127.0.0.1:3000", "127.0.0.2:3000").is_empty());
+        assert!(on("127.0.0.1:0", "127.0.0.1:0").is_empty());
+        assert!(on("[::1]:3000", "127.0.0.1:3000").is_empty());
     }
 
     #[test]

@@ -25,12 +25,22 @@ const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
 type Field<'v> = Option<(&'v Value, String)>;
 
 const TOP_KEYS: &[&str] = &[
-    "listen", "tls", "users", "gateways", "limits", "timeouts", "pool", "workers", "log", "metrics",
+    "listen",
+    "tls",
+    "users",
+    "gateways",
+    "limits",
+    "timeouts",
+    "pool",
+    "workers",
+    "reuse_port",
+    "log",
+    "metrics",
 ];
 
 pub(super) fn read_config(value: &Value, problems: &mut Problems) -> Option<Config> {
     let top = problems.object(value, "", TOP_KEYS)?;
-    Some(Config {
+    let config = Config {
         listen: read_listen(top.get("listen"), problems),
         tls: read_tls(top.get("tls"), problems),
         users: read_users(top.get("users"), problems),
@@ -39,9 +49,34 @@ pub(super) fn read_config(value: &Value, problems: &mut Problems) -> Option<Conf
         timeouts: read_timeouts(top.get("timeouts"), problems),
         pool: read_pool(top.get("pool"), problems),
         workers: read_workers(top.get("workers"), problems),
+        reuse_port: top
+            .get("reuse_port")
+            .is_some_and(|(value, path)| problems.boolean(value, &path).unwrap_or(false)),
         log: read_log(top.get("log"), problems),
         metrics: read_metrics(top.get("metrics"), problems),
-    })
+    };
+    if config
+        .metrics
+        .listen
+        .is_some_and(|metrics| same_port(metrics, config.listen))
+    {
+        // Both listeners set SO_REUSEPORT, so the kernel would let them
+        // share the port and split connections between them at random.
+        problems.add(
+            "metrics.listen",
+            "the same port as `listen`: each would get a random share of the connections",
+        );
+    }
+    Some(config)
+}
+
+/// Whether two listen addresses would accept on one port (an unspecified
+/// address overlaps every other; port 0 is a fresh port each time).
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn read_log(field: Field, problems: &mut Problems) -> LogConfig {
