@@ -64,8 +64,10 @@ impl GatewayTarget {
 
         let prefix = parsed.url.path().trim_end_matches('/');
         // Such a prefix could never match: callers' URLs with these escapes are refused.
-        if has_encoded_separator(prefix) {
-            return Err("gateway URL path must not contain %2e, %2f or %5c".into());
+        if disguises_path(prefix) {
+            return Err(
+                "gateway URL path must not contain %2e, %2f, %5c or a .; or ..; segment".into(),
+            );
         }
         Ok(GatewayTarget {
             scheme: parsed.scheme,
@@ -96,7 +98,7 @@ impl GatewayTarget {
     /// at a segment boundary, and `target` is not disqualified (user info, encoded separators).
     pub fn matches(&self, target: &TargetUrl) -> bool {
         !target.has_userinfo
-            && !target.has_encoded_separator
+            && !target.disguises_path
             && self.scheme == target.scheme
             && self.host == target.host
             && self.port == target.port
@@ -120,9 +122,10 @@ pub struct TargetUrl {
     pub path_len: usize,
     /// The URL carried user info ("user@", "user:pw@", or even a bare "@") — never matches.
     pub has_userinfo: bool,
-    /// The path carries %2e, %2f or %5c (any case) after normalisation — never matches,
-    /// because a gateway that decodes them could be stepped outside the prefix.
-    pub has_encoded_separator: bool,
+    /// The path carries %2e, %2f or %5c (any case), or a `.;` or `..;` segment, after
+    /// normalisation — never matches, because a gateway that decodes them or drops the
+    /// parameter could be stepped outside the prefix.
+    pub disguises_path: bool,
 }
 
 impl TargetUrl {
@@ -157,7 +160,7 @@ pub fn parse_full(url: &str) -> Result<TargetUrl, String> {
         port: parsed.port,
         path_len: path.len(),
         has_userinfo: parsed.has_userinfo,
-        has_encoded_separator: has_encoded_separator(path),
+        disguises_path: disguises_path(path),
         path_and_query,
     })
 }
@@ -223,13 +226,18 @@ fn normalised_host(url: &Url) -> Result<String, String> {
     Ok(host)
 }
 
-/// Encoded '.', '/' and '\' survive RFC 3986 section 5.2.4 remove_dot_segments, but a gateway
-/// that decodes them afterwards would resolve a path outside the prefix we checked.
-fn has_encoded_separator(path: &str) -> bool {
+/// Encoded '.', '/' and '\' survive RFC 3986 section 5.2.4 remove_dot_segments, and so does
+/// a dot segment with a parameter (`..;x`, RFC 2396 section 3.3), which servlet containers
+/// such as Tomcat read as `..`. A gateway that decodes or strips them afterwards would
+/// resolve a path outside the prefix we checked.
+fn disguises_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     ["%2e", "%2f", "%5c"]
         .iter()
         .any(|code| lower.contains(code))
+        || path
+            .split('/')
+            .any(|segment| segment.starts_with(".;") || segment.starts_with("..;"))
 }
 
 /// `prefix` is "" or starts with '/' and has no trailing '/', so the boundary is the next byte.
@@ -322,6 +330,25 @@ mod tests {
         (APIS, "http://127.0.0.1:8181/apis/a%2Fb", NoMatch),
         (APIS, "http://127.0.0.1:8181/apis/..%5cadmin", NoMatch),
         (APIS, "http://127.0.0.1:8181/apis/a%2eb", NoMatch),
+        // Dot segments with a parameter, which servlet containers read as dot segments.
+        (APIS, "http://127.0.0.1:8181/apis/..;/admin", NoMatch),
+        (
+            APIS,
+            "http://127.0.0.1:8181/apis/..;jsessionid=1/admin",
+            NoMatch,
+        ),
+        (APIS, "http://127.0.0.1:8181/apis/.;/x", NoMatch),
+        (APIS, "http://127.0.0.1:8181/apis/x/..;", NoMatch),
+        (
+            APIS,
+            "http://127.0.0.1:8181/apis/a;b/..c;d",
+            Match("/apis/a;b/..c;d"),
+        ),
+        (
+            APIS,
+            "http://127.0.0.1:8181/apis/...;x",
+            Match("/apis/...;x"),
+        ),
         (
             APIS,
             "http://127.0.0.1:8181/apis/x?q=%2f",
@@ -421,6 +448,7 @@ mod tests {
     fn rejects_gateway_url_with_whitespace_or_encoded_separator() {
         assert!(GatewayTarget::parse("http://gw.internal/a pis").is_err());
         assert!(GatewayTarget::parse("http://gw.internal/a%2fb").is_err());
+        assert!(GatewayTarget::parse("http://gw.internal/a/..;/b").is_err());
     }
 
     #[test]
@@ -449,7 +477,7 @@ mod tests {
     fn reports_userinfo_and_encoded_separators_on_target() {
         let target = parse_target("http://u@h/a%2Fb?x=%2f").expect("valid");
         assert!(target.has_userinfo);
-        assert!(target.has_encoded_separator);
+        assert!(target.disguises_path);
         assert_eq!(target.path(), "/a%2Fb");
         assert_eq!(target.path_and_query, "/a%2Fb?x=%2f");
     }

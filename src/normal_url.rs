@@ -50,7 +50,7 @@ pub fn parse_normal(raw: &str) -> Option<TargetUrl> {
         path_len: path.len(),
         path_and_query,
         has_userinfo: false,
-        has_encoded_separator: false,
+        disguises_path: false,
     })
 }
 
@@ -135,15 +135,19 @@ const PLAIN: [bool; 256] = {
     table
 };
 
-/// "" or "/…" with only plain bytes and no "." or ".." segment. `%` is
-/// excluded: an escaped dot is still a dot segment to the parser.
+/// "" or "/…" with only plain bytes and no "." or ".." segment, with or
+/// without a `;` parameter. `%` is excluded: an escaped dot is still a dot
+/// segment to the parser.
 fn is_normal_path(path: &str) -> bool {
     if path.is_empty() {
         return true;
     }
+    let dotted = |segment: &[u8]| {
+        matches!(segment, b"." | b"..") || segment.starts_with(b".;") || segment.starts_with(b"..;")
+    };
     path.starts_with('/')
         && path.bytes().all(|b| b == b'/' || is_plain_byte(b))
-        && split_bytes(path.as_bytes(), b'/').all(|segment| segment != b"." && segment != b"..")
+        && !split_bytes(path.as_bytes(), b'/').any(dotted)
 }
 
 /// Plain bytes plus `/`, `?` and well-formed `%XX` escapes, which the

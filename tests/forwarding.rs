@@ -335,6 +335,9 @@ async fn gateway_path_prefix_is_a_boundary() {
         format!("http://{authority}/apis%2f..%2fadmin"),
         format!("http://{authority}/apis/..%2Fadmin"),
         format!("http://{authority}/apis/..%5cadmin"),
+        // Tomcat and other servlet containers read `..;x` as `..`.
+        format!("http://{authority}/apis/..;/admin"),
+        format!("http://{authority}/apis/x/..;jsessionid=1/admin"),
         format!("https://{authority}/apis/x"),
     ];
     for url in outside {
@@ -346,6 +349,7 @@ async fn gateway_path_prefix_is_a_boundary() {
         (format!("http://{authority}/apis/x"), "/apis/x"),
         (format!("http://{authority}/apis"), "/apis"),
         (format!("http://{authority}/apis/a/../b"), "/apis/b"),
+        (format!("http://{authority}/apis/a;v=1/b"), "/apis/a;v=1/b"),
         (
             format!("http://{authority}/apis/x?next=/admin"),
             "/apis/x?next=/admin",
