@@ -33,22 +33,37 @@ pub fn parse(
 ) -> Result<Command, String> {
     let mut config = None;
     let mut check = false;
+    let mut asked = None;
     let mut args = args.into_iter();
 
+    // Every argument is read before --version or --help is answered, so a
+    // mistyped one beside them is still refused.
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--version" | "-V" => return Ok(Command::Version),
-            "--help" | "-h" => return Ok(Command::Help),
-            "--check-config" => check = true,
-            "--config" | "-c" => {
-                let file = args.next().ok_or("--config needs a FILE")?;
-                config = Some(PathBuf::from(file));
+        let file = match arg.as_str() {
+            "--version" | "-V" => {
+                asked = asked.or(Some(Command::Version));
+                continue;
             }
+            "--help" | "-h" => {
+                asked = asked.or(Some(Command::Help));
+                continue;
+            }
+            "--check-config" => {
+                check = true;
+                continue;
+            }
+            "--config" | "-c" => args.next().ok_or("--config needs a FILE")?,
             other => match other.strip_prefix("--config=") {
-                Some(file) => config = Some(PathBuf::from(file)),
+                Some(file) => file.to_owned(),
                 None => return Err(format!("unknown argument `{other}`")),
             },
+        };
+        if config.replace(PathBuf::from(file)).is_some() {
+            return Err("--config is given more than once".to_owned());
         }
+    }
+    if let Some(command) = asked {
+        return Ok(command);
     }
 
     let config = config.or_else(|| env_config.filter(|s| !s.is_empty()).map(PathBuf::from));
@@ -112,5 +127,8 @@ mod tests {
         assert!(run(&["--config"], None).is_err());
         assert_eq!(run(&["--version"], None), Ok(Command::Version));
         assert_eq!(run(&["--help"], None), Ok(Command::Help));
+        assert_eq!(run(&["-c", "f", "-V"], None), Ok(Command::Version));
+        assert!(run(&["--version", "--bogus"], None).is_err());
+        assert!(run(&["--config", "a", "--config=b"], None).is_err());
     }
 }

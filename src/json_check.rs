@@ -106,4 +106,12 @@ mod tests {
             assert!(!is_json(body), "{body}");
         }
     }
+
+    /// serde_json's recursion limit, as the README states it.
+    #[test]
+    fn nesting_up_to_127_levels_is_json() {
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(is_json(&nested(127)));
+        assert!(!is_json(&nested(128)));
+    }
 }
