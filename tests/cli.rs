@@ -328,6 +328,22 @@ fn a_port_another_gwproxy_listens_on_is_in_use_unless_reuse_port() {
     }
 }
 
+/// A mistyped override must not leave a limit at its default unnoticed.
+#[test]
+fn a_mistyped_override_variable_exits_2_naming_it() {
+    let file = TempFile::with(&valid_config("127.0.0.1:0").to_string());
+    let mut command = gwproxy();
+    command
+        .env("GWPROXY_TIMEOUTS_RESPONSE_M", "5")
+        .arg("--config")
+        .arg(file.path());
+    let output = run(command);
+
+    assert_eq!(output.code, Some(2), "{}", output.both());
+    let line = one_stderr_line(&output);
+    assert!(line.contains("GWPROXY_TIMEOUTS_RESPONSE_M"), "{line}");
+}
+
 #[test]
 fn check_config_reads_the_certificate_and_ca_files() {
     let missing = std::env::temp_dir().join(format!("gwproxy-check-{}.pem", std::process::id()));

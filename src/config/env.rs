@@ -8,6 +8,8 @@
 
 use serde_json::{Map, Value};
 
+use super::ConfigProblem;
+
 /// Every key that an environment variable may set.
 const OVERRIDABLE: &[&str] = &[
     "listen",
@@ -35,6 +37,25 @@ const OVERRIDABLE: &[&str] = &[
     "pool.idle_timeout_ms",
     "pool.h2_max_streams_per_connection",
 ];
+
+/// Sections in which every variable is an override: a name under one of
+/// them that sets no key is a typo, and a typo must not silently leave a
+/// limit at its default.
+const SECTIONS: &[&str] = &["LIMITS_", "TIMEOUTS_", "POOL_", "LOG_", "METRICS_"];
+
+/// A problem for each variable in `names` that looks like an override of
+/// a section's key but names none.
+pub fn unknown(names: impl Iterator<Item = String>) -> Vec<ConfigProblem> {
+    let in_a_section = |name: &str| {
+        name.strip_prefix("GWPROXY_")
+            .is_some_and(|rest| SECTIONS.iter().any(|section| rest.starts_with(section)))
+    };
+    names
+        .filter(|name| in_a_section(name))
+        .filter(|name| !OVERRIDABLE.iter().any(|key| variable_for(key) == *name))
+        .map(|name| ConfigProblem::new(&name, "sets no config key; see the README's list"))
+        .collect()
+}
 
 /// The variable that overrides `key`: `limits.max_connections` →
 /// `GWPROXY_LIMITS_MAX_CONNECTIONS`.
@@ -87,6 +108,24 @@ mod tests {
         assert_eq!(
             variable_for("timeouts.response_ms"),
             "GWPROXY_TIMEOUTS_RESPONSE_MS"
+        );
+    }
+
+    #[test]
+    fn reports_variables_in_a_section_that_set_no_key() {
+        let names = [
+            "GWPROXY_LIMITS_MAX_REQUEST_BODY_BYTE",
+            "GWPROXY_LIMITS_MAX_REQUEST_BODY_BYTES",
+            "GWPROXY_POOL_BOGUS",
+            "GWPROXY_SECRET",
+            "GWPROXY_BIN",
+            "PATH",
+        ];
+        let problems = unknown(names.iter().map(|n| n.to_string()));
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["GWPROXY_LIMITS_MAX_REQUEST_BODY_BYTE", "GWPROXY_POOL_BOGUS"]
         );
     }
 

@@ -360,7 +360,7 @@ impl Config {
             let file = path.display().to_string();
             vec![ConfigProblem::new(&file, format!("cannot read: {error}"))]
         })?;
-        Config::from_json_with_env(&text, &process_env)
+        with_unknown_variables(Config::from_json_with_env(&text, &process_env))
     }
 
     /// The built-in default: listen 127.0.0.1:3000, one gateway
@@ -373,7 +373,24 @@ impl Config {
             "gateways": [{ "url": Config::BUILTIN_GATEWAY }],
         })
         .to_string();
-        Config::from_json_with_env(&text, &process_env)
+        with_unknown_variables(Config::from_json_with_env(&text, &process_env))
+    }
+}
+
+/// Adds a problem for each `GWPROXY_` variable of this process that looks
+/// like an override but sets no key.
+fn with_unknown_variables(
+    loaded: Result<Config, Vec<ConfigProblem>>,
+) -> Result<Config, Vec<ConfigProblem>> {
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    let unknown = env::unknown(names);
+    match loaded {
+        Ok(config) if unknown.is_empty() => Ok(config),
+        Ok(_) => Err(unknown),
+        Err(mut problems) => {
+            problems.extend(unknown);
+            Err(problems)
+        }
     }
 }
 
