@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway_match::GatewayTarget;
 
+mod duplicates;
 mod env;
 mod read;
 
@@ -345,7 +346,7 @@ impl Config {
             .map_err(|error| vec![ConfigProblem::new("", format!("not valid JSON: {error}"))])?;
         env::apply(&mut value, lookup);
 
-        let mut problems = Problems::default();
+        let mut problems = Problems(duplicates::duplicate_keys(text));
         match read_config(&value, &mut problems) {
             Some(config) if problems.0.is_empty() => Ok(config),
             _ => Err(problems.0),

@@ -463,7 +463,7 @@ impl Slot<'_> {
 }
 
 /// The key path of `key` inside the object at `parent`.
-fn join(parent: &str, key: &str) -> String {
+pub(super) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()
     } else {
