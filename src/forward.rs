@@ -153,6 +153,12 @@ fn send_error(error: &hyper::Error) -> ProxyError {
     if error.is_incomplete_message() {
         return ProxyError::upstream("the gateway closed the connection before responding");
     }
+    if error.is_parse_too_large() {
+        return ProxyError::upstream(
+            "response too large: the gateway's response head has more header fields than \
+             limits.max_response_header_count, or is too long",
+        );
+    }
     if error.is_parse() || error.is_parse_status() {
         return ProxyError::upstream("the gateway sent a response that is not valid HTTP/1.1");
     }

@@ -24,6 +24,9 @@ use crate::tls_client::describe_failure;
 
 pub type Body = Full<Bytes>;
 
+/// The header count hyper's HTTP/1 parser allows when none is set.
+pub const HYPER_MAX_HEADERS: usize = 100;
+
 /// The connections to one gateway.
 ///
 /// HTTP/1.1 checkout takes the most recently used idle connection (LIFO):
@@ -60,6 +63,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Requests one h2 connection carries at once before another opens.
     pub h2_max_streams: usize,
+    /// Header fields allowed in an HTTP/1.1 response head.
+    pub max_response_headers: usize,
 }
 
 #[derive(Debug)]
@@ -217,8 +222,9 @@ impl GatewayPool {
 
     async fn open(&self) -> Result<Handshaken, ProxyError> {
         let tcp = self.open_tcp().await?;
+        let max_headers = self.settings.max_response_headers;
         let Some(tls) = &self.tls else {
-            return handshake(tcp, false).await;
+            return handshake(tcp, false, max_headers).await;
         };
 
         let stream = TlsConnector::from(tls.config.clone())
@@ -226,7 +232,7 @@ impl GatewayPool {
             .await
             .map_err(|e| ProxyError::upstream(describe_failure(&e)))?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        handshake(stream, h2).await
+        handshake(stream, h2, max_headers).await
     }
 
     async fn open_tcp(&self) -> Result<TcpStream, ProxyError> {
@@ -352,7 +358,7 @@ impl Sender {
 
 /// The HTTP handshake on a connected stream; the connection's I/O then
 /// runs in its own task until either side closes it.
-async fn handshake<I>(io: I, h2: bool) -> Result<Handshaken, ProxyError>
+async fn handshake<I>(io: I, h2: bool, max_headers: usize) -> Result<Handshaken, ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -368,7 +374,13 @@ where
     }
     let received = Arc::new(ByteCount::default());
     let io = TokioIo::new(Observed::new(io.into_inner(), received.clone()));
-    let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+    let mut builder = http1::Builder::new();
+    // As on the server side (server.rs), naming hyper's default count
+    // would only make it fill a buffer that large for every response.
+    if max_headers != HYPER_MAX_HEADERS {
+        builder.max_headers(max_headers);
+    }
+    let (sender, connection) = builder.handshake(io).await.map_err(failed)?;
     spawn_connection(connection);
     Ok(Handshaken::Http1(sender, received))
 }

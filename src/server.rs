@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::connection::{self, ConnTimeouts};
 use crate::metrics::Registry;
 use crate::metrics_endpoint;
+use crate::pool::HYPER_MAX_HEADERS;
 use crate::state::{Shared, State, StateCell};
 use crate::tls_server::{self, ListenerTls};
 
@@ -406,9 +407,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)?.into_std()
 }
-
-/// The header count hyper's HTTP/1 parser allows when none is set.
-const HYPER_MAX_HEADERS: usize = 100;
 
 /// HTTP/1.1 and h2 (prior knowledge, or ALPN under TLS) on one listener,
 /// with the limits from the config.

@@ -81,6 +81,7 @@ impl Shared {
                 idle_timeout: config.pool.idle_timeout,
                 connect_timeout: config.timeouts.connect,
                 h2_max_streams: config.pool.h2_max_streams_per_connection,
+                max_response_headers: config.limits.max_response_header_count,
             },
             registry,
             metrics_on_main: config.metrics.enabled && config.metrics.listen.is_none(),

@@ -224,6 +224,37 @@ async fn garbage_instead_of_a_response_is_not_valid_http() {
     assert_still_serves(&gw, &healthy).await;
 }
 
+/// A response head with more fields than `limits.max_response_header_count`
+/// is a 500 that says so; one within the limit is answered.
+#[tokio::test]
+async fn response_head_over_the_header_count_is_too_large() {
+    let faulty = raw_upstream(|stream| async move {
+        let mut reader = BufReader::new(stream);
+        while let Some(request) = read_request(&mut reader).await {
+            let count = if request.contains("/many") { 30 } else { 10 };
+            let fields: String = (0..count).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+            let answer = format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\nok");
+            if reader.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let extra = json!({ "limits": { "max_response_header_count": 20 } });
+    let (gw, healthy) = proxy_with_faulty(faulty, extra).await;
+
+    let (status, body) = call(&gw, "GET", format!("http://{faulty}/few")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["headers"]["X-Field-9"], "9");
+
+    let url = format!("http://{faulty}/many");
+    let detail = expect_gateway_failure(&gw, "GET", &url, PROMPT).await;
+    assert!(detail.contains("response too large"), "detail: {detail}");
+    assert!(detail.contains("max_response_header_count"), "detail: {detail}");
+
+    assert_still_serves(&gw, &healthy).await;
+}
+
 #[tokio::test]
 async fn body_trickling_forever_times_out_within_response_ms() {
     let faulty = after_one_request(|mut stream| async move {

@@ -23,6 +23,7 @@ const OVERRIDABLE: &[&str] = &[
     "metrics.listen",
     "limits.max_request_body_bytes",
     "limits.max_response_body_bytes",
+    "limits.max_response_header_count",
     "limits.max_header_count",
     "limits.max_header_bytes",
     "limits.max_concurrent_requests",

@@ -191,6 +191,8 @@ pub struct Limits {
     pub max_request_body_bytes: usize,
     /// Beyond it: 500, "response too large".
     pub max_response_body_bytes: usize,
+    /// Header fields in a gateway's response head; beyond it: 500.
+    pub max_response_header_count: usize,
     /// The caller's HTTP request headers, and the JSON `headers` object.
     pub max_header_count: usize,
     /// One request's header section; at least [`Limits::MIN_HEADER_BYTES`].
@@ -205,6 +207,8 @@ impl Limits {
     pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
     pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: usize = 8 << 20;
     pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
+    /// hyper's own default for a response head.
+    pub const DEFAULT_MAX_RESPONSE_HEADER_COUNT: usize = 100;
     pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 << 10;
     pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -217,6 +221,7 @@ impl Default for Limits {
         Limits {
             max_request_body_bytes: Limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_response_body_bytes: Limits::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            max_response_header_count: Limits::DEFAULT_MAX_RESPONSE_HEADER_COUNT,
             max_header_count: Limits::DEFAULT_MAX_HEADER_COUNT,
             max_header_bytes: Limits::DEFAULT_MAX_HEADER_BYTES,
             max_concurrent_requests: Limits::DEFAULT_MAX_CONCURRENT_REQUESTS,
@@ -485,6 +490,7 @@ mod tests {
         assert_eq!(limits.max_request_body_bytes, 1_048_576);
         assert_eq!(limits.max_response_body_bytes, 8 * 1_048_576);
         assert_eq!(limits.max_header_count, 100);
+        assert_eq!(limits.max_response_header_count, 100);
         assert_eq!(limits.max_header_bytes, 16_384);
         assert_eq!(limits.max_concurrent_requests, 1024);
         assert_eq!(limits.max_connections, 10_000);
@@ -509,7 +515,7 @@ mod tests {
         let text = with_gateway(
             r#", "listen": "[::1]:8080",
             "limits": { "max_request_body_bytes": 1, "max_response_body_bytes": 2,
-              "max_header_count": 3, "max_header_bytes": 8192,
+              "max_header_count": 3, "max_header_bytes": 8192, "max_response_header_count": 4,
               "max_concurrent_requests": 5, "max_connections": 6 },
             "timeouts": { "request_header_ms": 1, "request_body_ms": 2, "idle_ms": 3,
               "connect_ms": 4, "response_ms": 5, "shutdown_grace_ms": 6 },
@@ -527,6 +533,7 @@ mod tests {
         ];
         assert_eq!(counts, [1, 2, 3]);
         assert_eq!(l.max_header_bytes, 8192);
+        assert_eq!(l.max_response_header_count, 4);
         assert_eq!([l.max_concurrent_requests, l.max_connections], [5, 6]);
         assert_eq!(
             [t.request_header, t.request_body, t.idle],

@@ -374,6 +374,10 @@ fn read_limits(field: Field, problems: &mut Problems) -> Limits {
     let mut slots = [
         Slot::Count("max_request_body_bytes", &mut l.max_request_body_bytes),
         Slot::Count("max_response_body_bytes", &mut l.max_response_body_bytes),
+        Slot::Count(
+            "max_response_header_count",
+            &mut l.max_response_header_count,
+        ),
         Slot::Count("max_header_count", &mut l.max_header_count),
         Slot::Count("max_header_bytes", &mut l.max_header_bytes),
         Slot::Count("max_concurrent_requests", &mut l.max_concurrent_requests),
