@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -25,6 +25,8 @@ pub enum ErrorKind {
     MethodNotAllowed(&'static str),
     /// The caller's body is over `limits.max_request_body_bytes`.
     PayloadTooLarge,
+    /// The caller's header section is over `limits.max_header_bytes`.
+    HeadersTooLarge,
     /// The gateway could not be reached, timed out, broke the connection or
     /// sent more than the response limit.
     Upstream,
@@ -76,6 +78,7 @@ impl ProxyError {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::Upstream => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -89,6 +92,9 @@ impl ProxyError {
             ErrorKind::NotFound => "Not found",
             ErrorKind::MethodNotAllowed(_) => "Method not allowed",
             ErrorKind::PayloadTooLarge => "Request too large",
+            // Not a Dashboard error (its HTTP server refuses such heads
+            // itself); worded like its 413.
+            ErrorKind::HeadersTooLarge => "Request header fields too large",
             ErrorKind::Upstream => "Failed to process proxy request",
             ErrorKind::Busy => "Server busy",
         }
@@ -128,6 +134,11 @@ impl ProxyError {
             // little, short enough that load generators keep pressing.
             ErrorKind::Busy => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // A client that sends oversized heads is not worth keeping;
+            // hyper drops the header itself on h2 (RFC 9113 section 8.2.2).
+            ErrorKind::HeadersTooLarge => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

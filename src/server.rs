@@ -408,6 +408,18 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
+/// How far past `limits.max_header_bytes` hyper reads a request head.
+/// service.rs refuses heads over the limit with a JSON `431`; only heads
+/// larger still meet hyper's own bare `431`, for there is no request to
+/// answer in JSON until hyper has parsed one.
+const HEAD_SLACK: usize = 64 * 1024;
+
+/// hyper's read buffer for request heads (and the h2 header list limit):
+/// the configured limit plus [`HEAD_SLACK`].
+fn head_buffer(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(8192) + HEAD_SLACK
+}
+
 /// HTTP/1.1 and h2 (prior knowledge, or ALPN under TLS) on one listener,
 /// with the limits from the config.
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -421,7 +433,7 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // A client may send its request and then shut down its write side
         // (RFC 9112 section 9.6 lets it): it still gets its response.
         .half_close(true)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        .max_buf_size(head_buffer(limits.max_header_bytes));
     // hyper's own limit is 100 headers. Naming a count, even 100, makes it
     // fill a buffer that large on every request head (measured: as much as
     // the parse itself), so only a count other than the default is passed.
@@ -432,7 +444,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(head_buffer(limits.max_header_bytes)).unwrap_or(u32::MAX),
+        )
         // Bounds CVE-2023-44487 ("rapid reset"): streams reset by the client
         // before gwproxy accepted them stop counting after this many.
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use std::time::Instant;
@@ -69,6 +69,9 @@ async fn answer<'s>(
     request_id: &HeaderValue,
     trace: &mut Trace<'s>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
+    if header_bytes(request.headers()) > state.shared.limits.max_header_bytes {
+        return Err(ProxyError::bare(ErrorKind::HeadersTooLarge));
+    }
     let method = request.method();
     match route {
         Route::Proxy if method == Method::POST => proxy(state, request, request_id, trace).await,
@@ -82,6 +85,15 @@ async fn answer<'s>(
         }
         Route::Metrics | Route::Other => Err(ProxyError::bare(ErrorKind::NotFound)),
     }
+}
+
+/// The header section's size as HTTP/1.1 writes it: `name: value` and
+/// CRLF per field (RFC 9112 section 5).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// `GET /metrics`, on the main listener or on `metrics.listen`.

@@ -247,6 +247,20 @@ async fn assert_refused(gw: &Gwproxy, request: &[u8], statuses: &[u16]) {
     );
 }
 
+/// Sends `request` and expects one JSON `431` error envelope, then a close.
+async fn assert_json_431(gw: &Gwproxy, request: &[u8]) {
+    let mut stream = connect(gw.addr).await;
+    stream.write_all(request).await.expect("write");
+    let mut exchange = read_until_closed(&mut stream, PROMPT).await;
+    assert!(exchange.closed, "left open after a 431");
+    let answers = parse_responses(&mut exchange.received);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].status, 431);
+    let error: Value = serde_json::from_slice(&answers[0].body).expect("a JSON body");
+    assert_eq!(error["Status"], "Error");
+    assert_eq!(error["Message"], "Request header fields too large");
+}
+
 #[tokio::test]
 async fn a_header_section_over_max_header_bytes_is_refused() {
     let upstream = echo_upstream().await;
@@ -254,13 +268,27 @@ async fn a_header_section_over_max_header_bytes_is_refused() {
 
     let big = "a".repeat(20_000);
     let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
-    assert_refused(&gw, request.as_bytes(), &[431, 400]).await;
+    assert_json_431(&gw, request.as_bytes()).await;
 
-    // Many small headers add up the same way.
-    let many: String = (0..400)
-        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40)))
+    // Many small headers add up the same way, on any route.
+    let many: String = (0..40)
+        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(250)))
         .collect();
-    let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let request = format!("POST /api/proxy HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert_json_431(&gw, request.as_bytes()).await;
+
+    // Just under the limit is served.
+    let fits = "c".repeat(8000);
+    let request = format!("GET /hello HTTP/1.1\r\nX-Fits: {fits}\r\nConnection: close\r\n\r\n");
+    let mut stream = connect(gw.addr).await;
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut exchange = read_until_closed(&mut stream, PROMPT).await;
+    let answers = parse_responses(&mut exchange.received);
+    assert_eq!(answers.iter().map(|a| a.status).collect::<Vec<_>>(), [200]);
+
+    // Far over it, hyper refuses the head before there is a request.
+    let huge = "d".repeat(200_000);
+    let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n");
     assert_refused(&gw, request.as_bytes(), &[431, 400]).await;
 
     let (status, _) = gw

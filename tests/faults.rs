@@ -232,7 +232,9 @@ async fn response_head_over_the_header_count_is_too_large() {
         let mut reader = BufReader::new(stream);
         while let Some(request) = read_request(&mut reader).await {
             let count = if request.contains("/many") { 30 } else { 10 };
-            let fields: String = (0..count).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+            let fields: String = (0..count)
+                .map(|i| format!("X-Field-{i}: {i}\r\n"))
+                .collect();
             let answer = format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\nok");
             if reader.get_mut().write_all(answer.as_bytes()).await.is_err() {
                 return;
@@ -250,7 +252,10 @@ async fn response_head_over_the_header_count_is_too_large() {
     let url = format!("http://{faulty}/many");
     let detail = expect_gateway_failure(&gw, "GET", &url, PROMPT).await;
     assert!(detail.contains("response too large"), "detail: {detail}");
-    assert!(detail.contains("max_response_header_count"), "detail: {detail}");
+    assert!(
+        detail.contains("max_response_header_count"),
+        "detail: {detail}"
+    );
 
     assert_still_serves(&gw, &healthy).await;
 }
