@@ -114,6 +114,9 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     };
     let addr = server.local_addr().unwrap_or(config.listen);
     info!(%addr, tls = tls.is_some(), gateways = config.gateways.len(), "gwproxy listening");
+    if config.users.is_empty() {
+        warn!("no users in the config: every /api/proxy request will be refused with 401");
+    }
 
     if let Some(addr) = server.metrics_addr() {
         info!(%addr, "metrics listening");

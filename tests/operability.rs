@@ -115,6 +115,30 @@ async fn error_responses_carry_the_request_id_too() {
 
 // ================================================================ tests: access log
 
+/// A config without users is valid (SPEC.md), but serves nothing but 401s:
+/// start-up says so once.
+#[tokio::test]
+async fn starting_without_users_warns_that_every_request_is_refused() {
+    let gateway = Upstream::fixed(200, "text/plain", b"fine").await;
+    let mut config = Gwproxy::config(&[&gateway.url("")], json!({}));
+    config["users"] = json!([]);
+    let gw = Gwproxy::start(config);
+    let (status, ..) = proxy_as(gw.addr, SECRET, &get(&gateway.url("/x")), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    flush_logs(&gw).await;
+    let stderr = gw.stderr();
+    let warnings = stderr.lines().filter(|l| l.contains("no users")).count();
+    assert_eq!(warnings, 1, "{stderr}");
+
+    let with_users = Gwproxy::start(Gwproxy::config(&[&gateway.url("")], json!({})));
+    flush_logs(&with_users).await;
+    assert!(
+        !with_users.stderr().contains("no users"),
+        "{}",
+        with_users.stderr()
+    );
+}
+
 #[tokio::test]
 async fn the_access_log_is_off_by_default() {
     let gateway = Upstream::fixed(200, "text/plain", b"fine").await;
