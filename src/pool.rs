@@ -123,13 +123,13 @@ impl GatewayPool {
     /// A stream on a shared h2 connection, a live idle HTTP/1.1 one, or a
     /// new one.
     pub async fn checkout(&self) -> Result<PooledConn, ProxyError> {
-        let opening = match self.h2.checkout().await {
+        match self.h2.checkout().await {
             Checkout::Ready(sender, stream) => {
                 return Ok(self.checked_out(Sender::Http2(sender, stream), true));
             }
             Checkout::Open(opening) => return self.connect_as(Some(opening)).await,
-            Checkout::NotH2 => None,
-        };
+            Checkout::NotH2 => {}
+        }
         while let Some(mut idle) = self.pop_idle() {
             // Resolves at once on a live connection; fails on one the
             // gateway closed while it sat in the pool.
@@ -138,7 +138,7 @@ impl GatewayPool {
             }
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        self.connect_as(opening).await
+        self.connect().await
     }
 
     /// Opens a new connection, TLS handshake included, within the connect
