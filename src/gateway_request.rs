@@ -109,10 +109,7 @@ impl GatewayRequest {
             headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         // An empty Host is only valid for a URI without authority (RFC 9112
-        // section 3.2), which a gateway URL never is.
-        if given.empty_host {
-            headers.remove(HOST);
-        }
+        // section 3.2), which a gateway URL never is; insert replaces it.
         if !given.host || given.empty_host {
             headers.insert(HOST, host.clone());
         }
