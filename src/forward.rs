@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::{Request, Response};
 use tracing::debug;
 
+use crate::body::{self, BodyError};
 use crate::error::ProxyError;
 use crate::gateway_request::GatewayRequest;
 use crate::pool::{GatewayPool, PooledConn};
@@ -125,15 +126,14 @@ async fn read_response(
     max_body: usize,
 ) -> Result<GatewayResponse, ProxyError> {
     let (parts, body) = response.into_parts();
-    let collected = Limited::new(body, max_body).collect().await;
-    let body = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    let body = match body::read_to_end(body, max_body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
             return Err(ProxyError::upstream(format!(
                 "response too large: the gateway's body is over {max_body} bytes"
             )));
         }
-        Err(_) => {
+        Err(BodyError::Broken) => {
             return Err(ProxyError::upstream(
                 "the gateway broke the connection while sending the response body",
             ));

@@ -3,13 +3,15 @@
 //! A request's path through the code: [`server`] accepts the connection,
 //! [`connection`] serves HTTP/1.1 or h2 on it, [`service`] routes and runs
 //! the proxy flow — [`auth`], [`proxy_request`], [`gateway_match`],
-//! [`gateway_request`], [`forward`] over a [`pool`] — and [`envelope`] or
-//! [`error`] writes the answer. [`config`] and [`cli`] are start-up;
-//! [`tls_server`] and [`tls_client`] hold both sides' TLS.
+//! [`gateway_request`], [`forward`] over a [`pool`], each body read by
+//! [`body`] — and [`envelope`] or [`error`] writes the answer. [`config`]
+//! and [`cli`] are start-up; [`tls_server`] and [`tls_client`] hold both
+//! sides' TLS.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod connection;

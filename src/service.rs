@@ -1,14 +1,15 @@
 //! Routing and the `/api/proxy` flow: authorise, read, parse, match, forward, wrap.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use std::time::Instant;
 
 use tracing::debug;
 
+use crate::body::{self, BodyError};
 use crate::envelope;
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::forward;
@@ -170,24 +171,15 @@ async fn proxy<'s>(
 }
 
 /// Reads the caller's body within its size and time limits. A declared
-/// `Content-Length` over the limit is refused before reading a byte.
+/// length over the limit is refused before reading a byte.
 async fn read_body(state: &State, request: Request<Incoming>) -> Result<Bytes, ProxyError> {
     let limit = state.shared.limits.max_request_body_bytes;
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large(limit));
-    }
-
     let timeout = state.shared.timeouts.request_body;
-    let collect = Limited::new(request.into_body(), limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Ok(Err(_)) => Err(ProxyError::bad_request(
+    let read = body::read_to_end(request.into_body(), limit);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(BodyError::TooLarge)) => Err(too_large(limit)),
+        Ok(Err(BodyError::Broken)) => Err(ProxyError::bad_request(
             "the request body could not be read",
         )),
         Err(_) => Err(ProxyError::bad_request(format!(

@@ -198,3 +198,54 @@ async fn head_request_gets_headers_and_an_empty_body() {
     assert_eq!(value["body"], "");
     assert_eq!(upstream.last().method, Method::HEAD);
 }
+
+/// A raw gateway that answers every request with `body` in chunked
+/// framing, one chunk per `piece` bytes, each written and flushed apart.
+async fn chunked_gateway(body: &'static str, piece: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    common::raw_upstream(move |stream| async move {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while reader.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+            if line != "\r\n" {
+                line.clear();
+                continue;
+            }
+            line.clear();
+            let stream = reader.get_mut();
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes()).await;
+            for part in body.as_bytes().chunks(piece) {
+                let chunk = [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
+                let _ = stream.write_all(&chunk).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_body_sent_in_pieces_comes_back_whole_up_to_the_limit() {
+    // 39 bytes in 7-byte chunks: the limit is the body's length.
+    const BODY: &str = r#"{"pieces":["abcdefgh","ijklmnop","qr"]}"#;
+    let at_limit = chunked_gateway(BODY, 7).await;
+    let over_limit = chunked_gateway(r#"{"pieces":["abcdefgh","ijklmnop","qrs"]}"#, 7).await;
+    let urls = [format!("http://{at_limit}"), format!("http://{over_limit}")];
+    let limits = json!({ "limits": { "max_response_body_bytes": BODY.len() } });
+    let gw = Gwproxy::start(Gwproxy::config(&[&urls[0], &urls[1]], limits));
+
+    let raw = envelope_bytes(&gw, format!("{}/whole", urls[0])).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains(&format!(r#""body":{BODY}"#)), "{text}");
+
+    let request = json!({ "method": "GET", "url": format!("{}/over", urls[1]) });
+    let (status, value) = gw.proxy(request).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{value}");
+    let detail = value["Meta"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("response too large"), "{value}");
+}
