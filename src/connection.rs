@@ -74,6 +74,11 @@ pub async fn serve<I>(
     let mut first_bytes = pin!(tokio::time::sleep(FIRST_BYTES_POLL));
     loop {
         tokio::select! {
+            // Polled in this order, not from select!'s random start (which
+            // costs a random number on every wake): the connection is what
+            // wakes this task nearly every time, and the branches after it
+            // are timers and a signal that cannot be starved by it.
+            biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     debug!(%error, "client connection ended with an error");
