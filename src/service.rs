@@ -37,7 +37,12 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<
         .for_request(request.headers().get(X_REQUEST_ID));
 
     let mut trace = Trace::default();
-    let result = answer(state, route, request, &request_id, &mut trace).await;
+    // Only the proxy route awaits anything; the others are answered here,
+    // so that their code adds nothing to the request's future.
+    let result = match answer_at_once(state, route, &request) {
+        Some(result) => result,
+        None => proxy(state, request, &request_id, &mut trace).await,
+    };
     let mut response = result.unwrap_or_else(|error| {
         debug!(
             status = error.status().as_u16(),
@@ -63,19 +68,18 @@ fn route_of(path: &str) -> Route {
     }
 }
 
-async fn answer<'s>(
-    state: &'s State,
+/// The answer to every request but a `POST /api/proxy`, which is `None`.
+fn answer_at_once(
+    state: &State,
     route: Route,
-    request: Request<Incoming>,
-    request_id: &HeaderValue,
-    trace: &mut Trace<'s>,
-) -> Result<Response<Full<Bytes>>, ProxyError> {
+    request: &Request<Incoming>,
+) -> Option<Result<Response<Full<Bytes>>, ProxyError>> {
     if header_bytes(request.headers()) > state.shared.limits.max_header_bytes {
-        return Err(ProxyError::bare(ErrorKind::HeadersTooLarge));
+        return Some(Err(ProxyError::bare(ErrorKind::HeadersTooLarge)));
     }
     let method = request.method();
-    match route {
-        Route::Proxy if method == Method::POST => proxy(state, request, request_id, trace).await,
+    let answer = match route {
+        Route::Proxy if method == Method::POST => return None,
         Route::Proxy => Err(ProxyError::bare(ErrorKind::MethodNotAllowed("POST"))),
         Route::Hello if method == Method::GET || method == Method::HEAD => {
             Ok(json_response(Bytes::from_static(HELLO.as_bytes())))
@@ -85,7 +89,8 @@ async fn answer<'s>(
             metrics_response(&state.shared.registry, method)
         }
         Route::Metrics | Route::Other => Err(ProxyError::bare(ErrorKind::NotFound)),
-    }
+    };
+    Some(answer)
 }
 
 /// The header section's size as HTTP/1.1 writes it: `name: value` and
