@@ -2,20 +2,27 @@
 //!
 //! gwproxy runs one single-threaded event loop per worker, as nginx runs
 //! one process per worker. Each has its own listening socket on the same
-//! address (`SO_REUSEPORT`, so the kernel spreads connections across
-//! them) and its own gateway pools, so a request, its client connection
-//! and its gateway connection are served by one thread with no hand-offs.
-//! Only the connection cap and the request cap are shared, as atomics.
+//! address (`SO_REUSEPORT`) and its own gateway pools, so a request, its
+//! client connection and its gateway connection are served by one thread.
+//!
+//! The kernel spreads connections over the sockets by a hash of their
+//! addresses, which leaves some workers with several more kept-alive
+//! connections than others, and the busiest one then sets everyone's
+//! latency. So a worker that accepts a connection while another has fewer
+//! open hands the socket over (least connections), once per connection;
+//! requests are never handed off. The connection cap, the request cap and
+//! the open counts are shared, as atomics.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -38,9 +45,28 @@ const H2_MAX_PENDING_RESETS: usize = 64;
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<std::net::TcpListener>,
+    /// Each worker's end of its hand-off channel, by worker index.
+    inboxes: Vec<mpsc::UnboundedReceiver<Handoff>>,
     metrics_listener: Option<std::net::TcpListener>,
     common: Arc<Common>,
 }
+
+/// A connection one worker accepted for another, with its place under
+/// `limits.max_connections`.
+struct Handoff {
+    stream: std::net::TcpStream,
+    slot: OwnedSemaphorePermit,
+}
+
+/// A worker as the others see it.
+struct Peer {
+    /// Client connections it serves or has been handed.
+    open: AtomicUsize,
+    inbox: mpsc::UnboundedSender<Handoff>,
+}
+
+/// An open count no worker reaches: marks a worker that has gone.
+const GONE: usize = usize::MAX / 2;
 
 /// Applies a new config to running workers (SIGHUP).
 #[derive(Clone)]
@@ -59,6 +85,8 @@ struct Common {
     timeouts: ConnTimeouts,
     /// `limits.max_connections`, across all workers.
     connections: Arc<Semaphore>,
+    /// Every worker, by index, for choosing where a connection goes.
+    peers: Vec<Peer>,
     max_connections: usize,
     grace: Duration,
     /// The config the listeners, builder and logging were made from: a
@@ -85,6 +113,13 @@ impl Server {
             _ => None,
         };
 
+        let (peers, inboxes) = (0..listeners.len())
+            .map(|_| {
+                let (inbox, receiver) = mpsc::unbounded_channel();
+                let open = AtomicUsize::new(0);
+                (Peer { open, inbox }, receiver)
+            })
+            .unzip();
         let common = Common {
             shared: watch::Sender::new(Arc::new(shared)),
             registry,
@@ -95,12 +130,14 @@ impl Server {
                 idle: config.timeouts.idle,
             },
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            peers,
             max_connections: config.limits.max_connections,
             grace: config.timeouts.shutdown_grace,
             started: config.clone(),
         };
         Ok(Server {
             listeners,
+            inboxes,
             metrics_listener,
             common: Arc::new(common),
         })
@@ -132,20 +169,23 @@ impl Server {
                 self.common.registry.clone(),
             ));
         }
-        let mut listeners = self.listeners.into_iter();
-        let Some(first) = listeners.next() else {
+        let mut ends = self.listeners.into_iter().zip(self.inboxes).enumerate();
+        let Some((_, first)) = ends.next() else {
             return;
         };
 
         let mut finished = Vec::new();
-        for (i, listener) in listeners.enumerate() {
-            match spawn_worker(i + 1, listener, self.common.clone(), stop_rx.clone()) {
+        for (index, ends) in ends {
+            match spawn_worker(index, ends, self.common.clone(), stop_rx.clone()) {
                 Ok(done) => finished.push(done),
-                Err(error) => warn!(%error, "could not start a worker thread"),
+                Err(error) => {
+                    warn!(%error, "could not start a worker thread");
+                    self.common.peers[index].open.store(GONE, Ordering::Relaxed);
+                }
             }
         }
 
-        let here = worker(first, self.common.clone(), stop_rx);
+        let here = worker(0, first, self.common.clone(), stop_rx);
         let mut here = std::pin::pin!(here);
         tokio::select! {
             _ = shutdown => {}
@@ -165,7 +205,7 @@ impl Server {
 /// the receiver resolves when it has drained.
 fn spawn_worker(
     index: usize,
-    listener: std::net::TcpListener,
+    ends: WorkerEnds,
     common: Arc<Common>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<oneshot::Receiver<()>> {
@@ -176,15 +216,30 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("gwproxy-worker-{index}"))
         .spawn(move || {
-            runtime.block_on(worker(listener, common, stop));
+            runtime.block_on(worker(index, ends, common, stop));
             let _ = done_tx.send(());
         })?;
     Ok(done_rx)
 }
 
+/// A worker's own listening socket and the end of its hand-off channel.
+type WorkerEnds = (std::net::TcpListener, mpsc::UnboundedReceiver<Handoff>);
+
+/// What a worker's accept path needs at hand.
+struct Here<'a> {
+    index: usize,
+    common: &'a Arc<Common>,
+    state: &'a Arc<StateCell>,
+    /// This worker's connections, so that it waits for its own before its
+    /// runtime, and their tasks with it, goes away.
+    mine: &'a Arc<Semaphore>,
+    stop: &'a watch::Receiver<bool>,
+}
+
 /// One worker: accept until told to stop, then drain its own connections.
 async fn worker(
-    listener: std::net::TcpListener,
+    index: usize,
+    (listener, mut inbox): WorkerEnds,
     common: Arc<Common>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -192,6 +247,7 @@ async fn worker(
         Ok(listener) => listener,
         Err(error) => {
             warn!(%error, "worker could not use its listener");
+            common.peers[index].open.store(GONE, Ordering::Relaxed);
             return;
         }
     };
@@ -199,9 +255,15 @@ async fn worker(
     let mut settings = common.shared.subscribe();
     let current = settings.borrow_and_update().clone();
     let state = Arc::new(StateCell::new(State::for_worker(current, metrics.clone())));
-    // This worker's connections, so that it waits for its own before its
-    // runtime, and their tasks with it, goes away.
     let mine = Arc::new(Semaphore::new(common.max_connections));
+    let stopping = stop.clone();
+    let here = Here {
+        index,
+        common: &common,
+        state: &state,
+        mine: &mine,
+        stop: &stopping,
+    };
 
     while !*stop.borrow() {
         tokio::select! {
@@ -212,11 +274,18 @@ async fn worker(
                 let fresh = settings.borrow_and_update().clone();
                 state.store(State::for_worker(fresh, metrics.clone()));
             }
-            accepted = listener.accept() => admit(accepted, &common, &state, &mine, &stop).await,
+            accepted = listener.accept() => admit(accepted, &here).await,
+            Some(handoff) = inbox.recv() => take_over(handoff, &here),
         }
     }
-    accept_backlog(&listener, &common, &state, &mine, &stop).await;
+    accept_backlog(&listener, &here).await;
     drop(listener);
+    // Connections other workers handed over before they saw the stop.
+    while let Ok(handoff) = inbox.try_recv() {
+        take_over(handoff, &here);
+    }
+    drop(inbox);
+    common.peers[index].open.store(GONE, Ordering::Relaxed);
     drain(&mine, common.max_connections, common.grace).await;
 }
 
@@ -225,29 +294,18 @@ async fn worker(
 /// were meant for this process, not for the one taking over. (Linux's
 /// `net.ipv4.tcp_migrate_req=1` also moves the few that arrive between
 /// this and the close; README "Running many instances".)
-async fn accept_backlog(
-    listener: &TcpListener,
-    common: &Arc<Common>,
-    state: &Arc<StateCell>,
-    mine: &Arc<Semaphore>,
-    stop: &watch::Receiver<bool>,
-) {
+async fn accept_backlog(listener: &TcpListener, here: &Here<'_>) {
     loop {
         tokio::select! {
             biased;
-            accepted = listener.accept() => admit(accepted, common, state, mine, stop).await,
+            accepted = listener.accept() => admit(accepted, here).await,
             () = std::future::ready(()) => return,
         }
     }
 }
 
-async fn admit(
-    accepted: std::io::Result<(TcpStream, SocketAddr)>,
-    common: &Arc<Common>,
-    state: &Arc<StateCell>,
-    mine: &Arc<Semaphore>,
-    stop: &watch::Receiver<bool>,
-) {
+async fn admit(accepted: std::io::Result<(TcpStream, SocketAddr)>, here: &Here<'_>) {
+    let common = here.common;
     let (stream, peer) = match accepted {
         Ok(accepted) => accepted,
         Err(error) => {
@@ -260,16 +318,73 @@ async fn admit(
 
     // Over the cap the connection is closed at once: a quick, clean
     // refusal that a load balancer can retry elsewhere.
-    let (Ok(slot), Ok(tracked)) = (
-        common.connections.clone().try_acquire_owned(),
-        mine.clone().try_acquire_owned(),
-    ) else {
+    let Ok(slot) = common.connections.clone().try_acquire_owned() else {
         debug!(%peer, "connection cap reached; closing new connection");
         return;
     };
     let _ = stream.set_nodelay(true);
 
-    let (common, state, stop) = (common.clone(), state.clone(), stop.clone());
+    // Kept when this worker has the fewest open, and while stopping: the
+    // others may have emptied their inboxes for the last time.
+    let target = least_loaded(&common.peers, here.index);
+    if target == here.index || *here.stop.borrow() {
+        return serve(stream, slot, here);
+    }
+    let handoff = match stream.into_std() {
+        Ok(stream) => Handoff { stream, slot },
+        Err(error) => {
+            debug!(%error, "could not hand a connection over");
+            return;
+        }
+    };
+    let peer = &common.peers[target];
+    peer.open.fetch_add(1, Ordering::Relaxed);
+    if let Err(returned) = peer.inbox.send(handoff) {
+        // That worker has gone: never choose it again.
+        peer.open.store(GONE, Ordering::Relaxed);
+        adopt(returned.0, here);
+    }
+}
+
+/// The worker with the fewest open connections, `me` when it is one of them.
+fn least_loaded(peers: &[Peer], me: usize) -> usize {
+    let open = |peer: &Peer| peer.open.load(Ordering::Relaxed);
+    let mut best = (me, open(&peers[me]));
+    for (i, peer) in peers.iter().enumerate() {
+        let count = open(peer);
+        if count < best.1 {
+            best = (i, count);
+        }
+    }
+    best.0
+}
+
+/// Serves a connection another worker accepted for this one. This
+/// worker's open count was raised when it was chosen; [`serve`] now
+/// counts the connection instead.
+fn take_over(handoff: Handoff, here: &Here<'_>) {
+    here.common.peers[here.index]
+        .open
+        .fetch_sub(1, Ordering::Relaxed);
+    adopt(handoff, here);
+}
+
+/// Registers a socket that left another worker's event loop with this one.
+fn adopt(handoff: Handoff, here: &Here<'_>) {
+    match TcpStream::from_std(handoff.stream) {
+        Ok(stream) => serve(stream, handoff.slot, here),
+        Err(error) => debug!(%error, "could not take a connection over"),
+    }
+}
+
+/// Runs a connection on this worker, counted in its open connections
+/// until it closes.
+fn serve(stream: TcpStream, slot: OwnedSemaphorePermit, here: &Here<'_>) {
+    let Ok(tracked) = here.mine.clone().try_acquire_owned() else {
+        return;
+    };
+    let open = Open::new(here.common.clone(), here.index);
+    let (common, state, stop) = (here.common.clone(), here.state.clone(), here.stop.clone());
     tokio::spawn(async move {
         let builder = &common.builder;
         let timeouts = common.timeouts;
@@ -286,8 +401,29 @@ async fn admit(
                 .await
             }
         }
-        drop((slot, tracked));
+        drop((slot, tracked, open));
     });
+}
+
+/// One of a worker's open connections, for [`least_loaded`].
+struct Open {
+    common: Arc<Common>,
+    index: usize,
+}
+
+impl Open {
+    fn new(common: Arc<Common>, index: usize) -> Open {
+        common.peers[index].open.fetch_add(1, Ordering::Relaxed);
+        Open { common, index }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.common.peers[self.index]
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Reloader {

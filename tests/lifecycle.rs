@@ -414,6 +414,57 @@ async fn a_connection_over_max_connections_is_closed_at_once() {
     }
 }
 
+/// Which worker answered `GET /hello` on `sender`: request ids begin with
+/// eight hex digits of their worker's own (src/observe.rs).
+async fn hello_worker(sender: &mut http1::SendRequest<Full<Bytes>>) -> String {
+    let request = Request::get("/hello").header("host", "gwproxy");
+    let answer = sender.send_request(request.body(Full::default()).unwrap());
+    let response = tokio::time::timeout(PROMPT, answer).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    id[..8].to_owned()
+}
+
+#[tokio::test]
+async fn kept_alive_connections_are_spread_evenly_over_the_workers() {
+    // The kernel's hash alone puts 16 connections 4-4-4-4 on four workers
+    // about one time in 70.
+    let gw = Gwproxy::start(Gwproxy::config(
+        &["http://127.0.0.1:9"],
+        json!({ "workers": 4 }),
+    ));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (mut sender, task) = h1_client(gw.addr).await;
+        let worker = hello_worker(&mut sender).await;
+        clients.push((worker, sender, task));
+    }
+    let count = |clients: &[(String, _, _)], worker: &str| {
+        clients.iter().filter(|(w, _, _)| w == worker).count()
+    };
+    let workers: std::collections::BTreeSet<String> =
+        clients.iter().map(|(w, _, _)| w.clone()).collect();
+    assert_eq!(workers.len(), 4, "{workers:?}");
+    for worker in &workers {
+        assert_eq!(count(&clients, worker), 4, "{workers:?}");
+    }
+
+    // A worker whose clients left gets the next connections.
+    let emptied = clients[0].0.clone();
+    let (leaving, staying): (Vec<_>, Vec<_>) =
+        clients.into_iter().partition(|(w, _, _)| *w == emptied);
+    for (_, sender, task) in leaving {
+        drop(sender);
+        tokio::time::timeout(PROMPT, task).await.unwrap().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..4 {
+        let (mut sender, _task) = h1_client(gw.addr).await;
+        assert_eq!(hello_worker(&mut sender).await, emptied);
+    }
+    drop(staying);
+}
+
 /// Polls until a connect to `addr` is refused; panics after `within`.
 async fn wait_refused(addr: SocketAddr, within: Duration) {
     let deadline = Instant::now() + within;
