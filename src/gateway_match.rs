@@ -42,7 +42,7 @@ pub struct GatewayTarget {
     /// The gateway's scheme.
     pub scheme: Scheme,
     /// Normalised host: lower case, no trailing dot, IPv4 in dotted-quad,
-    /// IPv6 in brackets ("[::1]").
+    /// IPv6 in brackets (`[::1]`).
     pub host: String,
     /// Explicit or default (80/443).
     pub port: u16,

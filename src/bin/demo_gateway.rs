@@ -1,7 +1,7 @@
 //! A small demo gateway for `make run` and benchmarks: answers every request
 //! like the seed's example upstream (an httpbin-style JSON echo).
 //!
-//! usage: demo-gateway [ADDR]     (default 127.0.0.1:8181)
+//! usage: `demo-gateway [ADDR]`     (default 127.0.0.1:8181)
 
 #![forbid(unsafe_code)]
 

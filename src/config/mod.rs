@@ -302,8 +302,8 @@ impl Default for PoolConfig {
     }
 }
 
-/// One problem found in a config: the key path (e.g. "gateways[1].url",
-/// "limits.max_header_bytes", "users[0]") and what is wrong in plain words.
+/// One problem found in a config: the key path (e.g. `gateways[1].url`,
+/// `limits.max_header_bytes`, `users[0]`) and what is wrong in plain words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
     /// Empty for the whole document; the file's name when it could not be read.
