@@ -57,18 +57,15 @@ impl Whole {
         if data.len() > limit - self.len() {
             return Err(BodyError::TooLarge);
         }
-        match std::mem::take(self) {
+        match self {
             Whole::Empty => *self = Whole::One(data),
             Whole::One(first) => {
                 let mut buffer = BytesMut::with_capacity(first.len() + data.len());
-                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(first);
                 buffer.extend_from_slice(&data);
                 *self = Whole::Many(buffer);
             }
-            Whole::Many(mut buffer) => {
-                buffer.extend_from_slice(&data);
-                *self = Whole::Many(buffer);
-            }
+            Whole::Many(buffer) => buffer.extend_from_slice(&data),
         }
         Ok(())
     }

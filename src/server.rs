@@ -355,15 +355,15 @@ async fn admit(accepted: std::io::Result<(TcpStream, SocketAddr)>, here: &Here<'
 /// of each other.
 fn hand_off_to(peers: &[Peer], me: usize) -> usize {
     let open = |peer: &Peer| peer.open.load(Ordering::Relaxed);
-    let mut least = (me, open(&peers[me]));
+    let mine = open(&peers[me]);
+    let (mut target, mut fewest) = (me, mine);
     for (i, peer) in peers.iter().enumerate() {
         let count = open(peer);
-        if count < least.1 {
-            least = (i, count);
+        if count < fewest {
+            (target, fewest) = (i, count);
         }
     }
-    let (target, fewest) = least;
-    if open(&peers[me]) > fewest + fewest / 8 {
+    if mine > fewest + fewest / 8 {
         target
     } else {
         me
