@@ -4,6 +4,10 @@
 //! to wrap it. Nearly every body arrives as one chunk, so the first chunk
 //! is kept as it came (no copy); only a second chunk starts a buffer.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -33,6 +37,16 @@ pub async fn read_to_end(mut body: Incoming, limit: usize) -> Result<Bytes, Body
         }
     }
     Ok(whole.into_bytes())
+}
+
+/// Polls `future` once: its output if that was at hand, else `None`, with
+/// this task's waker left with whatever `future` waits on.
+pub async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match Pin::new(&mut future).poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// The chunks so far: none, the first one as it came, or a copy of all.

@@ -5,6 +5,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use std::pin::pin;
 use std::time::Instant;
 
 use tracing::debug;
@@ -177,20 +178,30 @@ async fn proxy<'s>(
 
 /// Reads the caller's body within its size and time limits. A declared
 /// length over the limit is refused before reading a byte.
+///
+/// A small body nearly always comes in the same read as its head and is
+/// whole when first polled; only a body still on its way gets the timer
+/// (building one reads the clock and finds the timer wheel: ~180
+/// instructions a request, a third of a percent, by callgrind).
 async fn read_body(state: &State, request: Request<Incoming>) -> Result<Bytes, ProxyError> {
     let limit = state.shared.limits.max_request_body_bytes;
     let timeout = state.shared.timeouts.request_body;
-    let read = body::read_to_end(request.into_body(), limit);
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(BodyError::TooLarge)) => Err(too_large(limit)),
-        Ok(Err(BodyError::Broken)) => Err(ProxyError::bad_request(
+    let mut read = pin!(body::read_to_end(request.into_body(), limit));
+    let read = match body::poll_once(read.as_mut()).await {
+        Some(read) => read,
+        None => tokio::time::timeout(timeout, read).await.map_err(|_| {
+            ProxyError::bad_request(format!(
+                "the request body was not received within {} ms",
+                timeout.as_millis()
+            ))
+        })?,
+    };
+    match read {
+        Ok(bytes) => Ok(bytes),
+        Err(BodyError::TooLarge) => Err(too_large(limit)),
+        Err(BodyError::Broken) => Err(ProxyError::bad_request(
             "the request body could not be read",
         )),
-        Err(_) => Err(ProxyError::bad_request(format!(
-            "the request body was not received within {} ms",
-            timeout.as_millis()
-        ))),
     }
 }
 
