@@ -187,8 +187,8 @@ async fn read_body(state: &State, request: Request<Incoming>) -> Result<Bytes, P
     let limit = state.shared.limits.max_request_body_bytes;
     let timeout = state.shared.timeouts.request_body;
     let mut read = pin!(body::read_to_end(request.into_body(), limit));
-    let read = match body::poll_once(read.as_mut()).await {
-        Some(read) => read,
+    let outcome = match body::poll_once(read.as_mut()).await {
+        Some(outcome) => outcome,
         None => tokio::time::timeout(timeout, read).await.map_err(|_| {
             ProxyError::bad_request(format!(
                 "the request body was not received within {} ms",
@@ -196,7 +196,7 @@ async fn read_body(state: &State, request: Request<Incoming>) -> Result<Bytes, P
             ))
         })?,
     };
-    match read {
+    match outcome {
         Ok(bytes) => Ok(bytes),
         Err(BodyError::TooLarge) => Err(too_large(limit)),
         Err(BodyError::Broken) => Err(ProxyError::bad_request(
